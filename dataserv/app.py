@@ -1,0 +1,134 @@
+"""The Klein application: ``/data``, ``/healthz``, ``/readyz`` and ``/metrics``."""
+
+from __future__ import annotations
+
+import math
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+from dataserv.dispatch import Dispatcher
+from dataserv.metrics import Metrics
+from dataserv.work import Calibration
+
+_log = Logger()
+
+_TEXT = b"text/plain; charset=utf-8"
+
+
+def parse_work_ms(raw: bytes | None, max_work_ms: float) -> float | None:
+    """The ``?work_ms=`` override as a float, ``None`` when absent.
+
+    Raises ``ValueError`` with a one-line reason when it is not a finite
+    number in ``[0, max_work_ms]`` or when overrides are disabled.
+    """
+    if raw is None:
+        return None
+    if max_work_ms <= 0:
+        raise ValueError("work_ms override is disabled on this server (--max-work-ms 0)")
+    try:
+        value = float(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        shown = raw[:40].decode("ascii", "replace")
+        raise ValueError(f"work_ms must be a number, got {shown!r}") from None
+    if not math.isfinite(value) or not 0 <= value <= max_work_ms:
+        raise ValueError(f"work_ms must be between 0 and {max_work_ms:g}, got {value:g}")
+    return value
+
+
+def _body(request: IRequest, body: bytes, content_type: bytes = _TEXT) -> bytes:
+    """Set the content type and length of ``body`` and return it.
+
+    Klein writes a route's result with ``request.write``; without a length it
+    would go out chunked.
+    """
+    request.setHeader(b"content-type", content_type)
+    request.setHeader(b"content-length", b"%d" % len(body))
+    return body
+
+
+def _plain(request: IRequest, code: int, text: str) -> bytes:
+    request.setResponseCode(code)
+    return _body(request, text.encode("utf-8") + b"\n")
+
+
+class DataApp:
+    """Routes as methods; the constructor takes everything they depend on."""
+
+    app = Klein()
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        metrics: Metrics,
+        calibration: Calibration,
+        max_work_ms: float = 100.0,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.metrics = metrics
+        self.calibration = calibration
+        self.max_work_ms = max_work_ms
+        self.ready = True
+
+    @app.route("/data", methods=["GET"])
+    def data(self, request: IRequest) -> Deferred[bytes] | bytes:
+        request.route = "/data"
+        raw = request.args.get(b"work_ms")
+        try:
+            work_ms = parse_work_ms(raw[-1] if raw else None, self.max_work_ms)
+        except ValueError as e:
+            return _plain(request, 400, str(e))
+        calibration = self.calibration
+        iterations = calibration.iterations if work_ms is None else calibration.iterations_for(work_ms)
+        d = self.dispatcher.submit(calibration.kind, iterations)
+        d.addCallback(self._digest, request)
+        return d
+
+    @staticmethod
+    def _digest(digest: str, request: IRequest) -> bytes:
+        return _body(request, digest.encode("ascii") + b"\n")
+
+    @app.route("/healthz", methods=["GET"])
+    def healthz(self, request: IRequest) -> bytes:
+        request.route = "/healthz"
+        return _plain(request, 200, "ok")
+
+    @app.route("/readyz", methods=["GET"])
+    def readyz(self, request: IRequest) -> bytes:
+        request.route = "/readyz"
+        if self.ready:
+            return _plain(request, 200, "ready")
+        request.setHeader(b"retry-after", b"5")
+        return _plain(request, 503, "draining")
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics_(self, request: IRequest) -> bytes:
+        request.route = "/metrics"
+        accept = request.getHeader(b"accept") or b""
+        body, content_type = self.metrics.exposition(accept.decode("latin-1"))
+        return _body(request, body, content_type.encode("ascii"))
+
+    @app.handle_errors(NotFound)
+    def _not_found(self, request: IRequest, failure: Failure) -> bytes:
+        return _plain(request, 404, "not found")
+
+    @app.handle_errors(MethodNotAllowed)
+    def _method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:
+        allowed = failure.value.valid_methods or []
+        request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
+        return _plain(request, 405, "method not allowed")
+
+    @app.handle_errors(HTTPException)
+    def _http_error(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        return _plain(request, error.code or 400, error.name.lower())
+
+    @app.handle_errors(Exception)
+    def _internal_error(self, request: IRequest, failure: Failure) -> bytes:
+        # Logged with its traceback here; the client gets one line and no traceback.
+        _log.failure("Unhandled error answering {path}", failure, path=request.path)
+        return _plain(request, 500, "internal error")

@@ -1,0 +1,137 @@
+"""Option values: defaults, validation and the ``[dataserv]`` INI file (pure, no I/O beyond reading it)."""
+
+from __future__ import annotations
+
+import configparser
+import math
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from dataserv.dispatch import DISPATCH_KINDS
+from dataserv.work import KINDS as WORK_KINDS
+
+DEFAULT_LISTEN = "tcp:8080:backlog=1024"
+
+
+class ConfigError(ValueError):
+    """A bad option value; the message is one line naming the option."""
+
+
+def _positive_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"--{name} must be a positive integer, got {raw!r}") from None
+    if value < 1:
+        raise ConfigError(f"--{name} must be a positive integer, got {raw!r}")
+    return value
+
+
+def _non_negative_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"--{name} must be an integer >= 0, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"--{name} must be an integer >= 0, got {raw!r}")
+    return value
+
+
+def _non_negative_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"--{name} must be a number >= 0, got {raw!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"--{name} must be a number >= 0, got {raw!r}")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        if raw not in choices:
+            raise ConfigError(f"--{name} must be one of {', '.join(choices)}, got {raw!r}")
+        return raw
+
+    return parse
+
+
+# long option name -> (default as text, parser, help). ``pool-size`` defaults to the CPU count.
+OPTIONS: dict[str, tuple[str | None, Callable[[str, str], Any], str]] = {
+    "dispatch": ("threads", _choice(*DISPATCH_KINDS),
+                 "Where /data work runs: inline (the reactor thread), threads (a dedicated "
+                 "thread pool) or processes (a process pool)."),
+    "pool-size": (None, _positive_int, "Workers in the dedicated pool (default: the CPU count)."),
+    "work-ms": ("4.0", _non_negative_float, "CPU time of one /data request, calibrated at start-up."),
+    "work-kind": ("pbkdf2", _choice(*WORK_KINDS),
+                  "pbkdf2 (hashlib.pbkdf2_hmac, releases the GIL) or python (a pure-Python loop, holds it)."),
+    "max-work-ms": ("100", _non_negative_float,
+                    "Upper bound for the per-request ?work_ms= override; 0 disables the override."),
+    "max-queue": ("1024", _non_negative_int,
+                  "Work items waiting for a worker before new /data requests get 503; 0 = unbounded."),
+    "queue-timeout-ms": ("2000", _non_negative_float,
+                         "Work that waited longer than this gets 503 without running; 0 = never."),
+    "max-connections": ("10000", _positive_int,
+                        "Open connections at which the server stops accepting until one closes."),
+    "idle-timeout": ("15", _non_negative_float, "Seconds before an idle keep-alive connection is closed."),
+    "header-timeout": ("10", _non_negative_float,
+                       "Seconds a client has to send a complete request head."),
+    "drain-timeout": ("30", _non_negative_float,
+                      "On SIGTERM, seconds to finish in-flight requests before exiting."),
+    "access-log": ("off", _choice("off", "combined", "json"), "Per-request log: off, combined or json."),
+    "workers": ("1", _positive_int, "Reactor processes sharing the listening sockets."),
+}
+
+
+def parse_value(name: str, raw: str) -> Any:
+    """Parse one option's text; raises :class:`ConfigError` naming it."""
+    return OPTIONS[name][1](name, raw.strip())
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """Read the ``[dataserv]`` section of an INI file: ``{option name: raw text}``.
+
+    ``listen`` may hold several endpoints, one per line; it answers a list.
+    """
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
+    except OSError as e:
+        raise ConfigError(f"--config: cannot read {path}: {e.strerror}") from None
+    except configparser.Error as e:
+        first = str(e).splitlines()[0]
+        raise ConfigError(f"--config: {path} is not a valid INI file: {first}") from None
+    if not parser.has_section("dataserv"):
+        raise ConfigError(f"--config: {path} has no [dataserv] section")
+    values: dict[str, Any] = {}
+    for key, raw in parser.items("dataserv"):
+        if key in ("config",):
+            raise ConfigError(f"--config: {path}: 'config' cannot be set in a config file")
+        if key == "listen":
+            values[key] = [line.strip() for line in raw.splitlines() if line.strip()]
+        elif key in OPTIONS:
+            values[key] = raw
+        else:
+            raise ConfigError(f"--config: {path}: unknown option {key!r}")
+    return values
+
+
+def resolve(cli: Mapping[str, Any], listen: list[str], file_values: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge command line over config file over defaults, and validate every value.
+
+    ``cli`` holds raw text (or ``None`` when the option was not given).
+    """
+    resolved: dict[str, Any] = {}
+    for name, (default, _, _) in OPTIONS.items():
+        raw = cli.get(name)
+        if raw is None:
+            raw = file_values.get(name, default)
+        resolved[name] = None if raw is None else parse_value(name, str(raw))
+    if resolved["pool-size"] is None:
+        resolved["pool-size"] = os.cpu_count() or 1
+    if resolved["dispatch"] == "inline":
+        resolved["pool-size"] = 1
+    resolved["listen"] = list(listen) or list(file_values.get("listen") or [DEFAULT_LISTEN])
+    return resolved

@@ -1,0 +1,237 @@
+"""The service's Prometheus metrics, the listen-backlog collector and the reactor-lag probe.
+
+Everything takes a ``registry`` so that each test (and each service) has its
+own; nothing here registers with prometheus-client's global registry.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+
+from dataserv.dispatch import WorkTiming
+
+NAMESPACE = "dataserv"
+
+# Sub-millisecond to seconds: the interesting range for a ~4 ms request.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075,
+    0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+)
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    """Every ``dataserv_*`` metric of SPEC.md, registered in one registry."""
+
+    def __init__(self, registry: CollectorRegistry, *, process_collectors: bool = True) -> None:
+        self.registry = registry
+        kw = {"namespace": NAMESPACE, "registry": registry}
+        self.connections_accepted = Counter(
+            "connections_accepted", "Connections taken off the listen queue (connectionMade).", **kw
+        )
+        self.connections_done = Counter(
+            "connections_done", "Connections closed (connectionLost).", **kw
+        )
+        self.connections_open = Gauge("connections_open", "Connections accepted and not yet closed.", **kw)
+        self.requests = Counter(
+            "requests", "HTTP requests answered, by route template, method and status code.",
+            ["route", "method", "code"], **kw,
+        )
+        self.request_duration = Histogram(
+            "request_duration_seconds", "Request received to response finished.",
+            ["route"], buckets=LATENCY_BUCKETS, **kw,
+        )
+        self.work_duration = Histogram(
+            "work_duration_seconds", "Time inside the CPU work.", buckets=LATENCY_BUCKETS, **kw
+        )
+        self.work_queue_wait = Histogram(
+            "work_queue_wait_seconds", "Work submitted to work started.", buckets=LATENCY_BUCKETS, **kw
+        )
+        self.work_queue_depth = Gauge("work_queue_depth", "Work items waiting for a worker.", **kw)
+        self.work_in_progress = Gauge("work_in_progress", "Work items running.", **kw)
+        self.work_pool_size = Gauge("work_pool_size", "Workers in the pool (1 for inline).", **kw)
+        self.work_iterations = Gauge(
+            "work_iterations", "Calibrated iterations of the work kind for --work-ms.", **kw
+        )
+        self.requests_shed = Counter(
+            "requests_shed", "Requests answered 503 to shed load, by reason.", ["reason"], **kw
+        )
+        for reason in ("queue_full", "queue_timeout", "draining"):
+            self.requests_shed.labels(reason)
+        self.reactor_lag = Histogram(
+            "reactor_lag_seconds", "How late a periodic reactor timer fires.", buckets=LAG_BUCKETS, **kw
+        )
+        self.accepting = Gauge("accepting", "1 while reading the listening sockets, 0 while paused.", **kw)
+        self.accepting.set(1)
+        self.info = Info(NAMESPACE, "Build and configuration.", registry=registry)
+        self.backlog = ListenBacklogCollector()
+        registry.register(self.backlog)
+        if process_collectors:
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
+        self._request_children: dict[tuple[str, bytes, int], Callable[[], None]] = {}
+        self._duration_children: dict[str, Callable[[float], None]] = {}
+
+    def connection_made(self) -> None:
+        self.connections_accepted.inc()
+        self.connections_open.inc()
+
+    def connection_lost(self) -> None:
+        self.connections_done.inc()
+        self.connections_open.dec()
+
+    def request_finished(self, route: str, method: bytes, code: int, seconds: float) -> None:
+        """Count one answered request and observe its duration (hot path: cached children)."""
+        key = (route, method, code)
+        inc = self._request_children.get(key)
+        if inc is None:
+            label = method.decode("latin-1") if method in _KNOWN_METHODS else "other"
+            inc = self._request_children[key] = self.requests.labels(route, label, str(code)).inc
+        inc()
+        observe = self._duration_children.get(route)
+        if observe is None:
+            observe = self._duration_children[route] = self.request_duration.labels(route).observe
+        observe(seconds)
+
+    def work_done(self, timing: WorkTiming) -> None:
+        """Observe one completed work item (called on the reactor thread)."""
+        self.work_queue_wait.observe(timing.queue_wait)
+        self.work_duration.observe(timing.duration)
+
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """The registry in the format the Accept header asks for: (body, content type)."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+
+# Methods outside this set share one label value, so a client cannot blow up cardinality.
+_KNOWN_METHODS = frozenset(
+    m.encode() for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
+)
+
+_TCP_LISTEN = "0A"
+
+
+def parse_listen_backlog(lines: Iterable[str]) -> dict[int, int]:
+    """Map socket inode to accept-queue length for the LISTEN rows of ``/proc/net/tcp{,6}``.
+
+    For a listening socket the kernel reports the accept queue's current
+    length in the ``rx_queue`` half of ``tx_queue:rx_queue``.
+    """
+    result: dict[int, int] = {}
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 10 or fields[3] != _TCP_LISTEN or ":" not in fields[4]:
+            continue
+        try:
+            rx_queue = int(fields[4].split(":")[1], 16)
+            inode = int(fields[9])
+        except ValueError:
+            continue
+        result[inode] = rx_queue
+    return result
+
+
+class ListenBacklogCollector:
+    """``dataserv_listen_backlog{endpoint}``, read from ``/proc`` at scrape time.
+
+    Listening sockets are matched by inode, which is exact even when other
+    processes listen on the same port.  Where ``/proc/net/tcp`` does not exist
+    (not Linux) the metric is absent rather than wrong.
+    """
+
+    PATHS = ("/proc/net/tcp", "/proc/net/tcp6")
+
+    def __init__(self) -> None:
+        # endpoint label -> a callable answering the listening socket's fileno
+        self.sockets: dict[str, Callable[[], int]] = {}
+
+    def add(self, endpoint: str, fileno: Callable[[], int]) -> None:
+        self.sockets[endpoint] = fileno
+
+    def remove(self, endpoint: str) -> None:
+        self.sockets.pop(endpoint, None)
+
+    def _read(self) -> dict[int, int] | None:
+        rows: list[str] = []
+        found = False
+        for path in self.PATHS:
+            try:
+                with open(path) as f:
+                    rows.extend(f.readlines()[1:])
+                found = True
+            except OSError:
+                continue
+        return parse_listen_backlog(rows) if found else None
+
+    def collect(self) -> Iterator[Metric]:
+        if not self.sockets or not sys.platform.startswith("linux"):
+            return
+        backlog = self._read()
+        if backlog is None:
+            return
+        family = GaugeMetricFamily(
+            f"{NAMESPACE}_listen_backlog",
+            "Connections waiting in the kernel accept queue of a listening socket.",
+            labels=["endpoint"],
+        )
+        for endpoint, fileno in sorted(self.sockets.items()):
+            try:
+                inode = os.fstat(fileno()).st_ino
+            except (OSError, ValueError):
+                continue
+            if inode in backlog:
+                family.add_metric([endpoint], backlog[inode])
+        yield family
+
+
+class ReactorLagProbe(Service):
+    """Observes how late a ``LoopingCall`` on the injected clock fires.
+
+    ``LoopingCall`` schedules calls at ``start + n * interval``; when the
+    reactor was too busy it skips the missed slots and ``withCount`` says how
+    many.  The call that runs now was due one interval after the previous
+    call's slot, so its lag is ``now - due``.
+    """
+
+    def __init__(self, clock: IReactorTime, observe: Callable[[float], None], interval: float = 0.1) -> None:
+        self._clock = clock
+        self._observe = observe
+        self.interval = interval
+        self._expected = 0.0
+        self._loop = LoopingCall.withCount(self._tick)
+        self._loop.clock = clock
+
+    def startService(self) -> None:
+        super().startService()
+        self._expected = self._clock.seconds()
+        self._loop.start(self.interval, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+
+    def _tick(self, count: int) -> None:
+        due = self._expected + self.interval
+        self._expected += count * self.interval
+        self._observe(max(0.0, self._clock.seconds() - due))

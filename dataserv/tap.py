@@ -1,0 +1,187 @@
+"""``twistd dataserv``: command-line options and the service tree."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from twisted.application.service import IServiceCollection, MultiService, Service
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IReactorCore, IStreamServerEndpoint
+from twisted.internet.testing import MemoryReactor
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.failure import Failure
+from twisted.web.server import Site
+
+import dataserv
+from dataserv import config as _config
+from dataserv.app import DataApp
+from dataserv.dispatch import make_dispatcher
+from dataserv.metrics import Metrics, ReactorLagProbe
+from dataserv.site import DataSite
+from dataserv.work import calibrate
+
+_log = Logger()
+
+
+class Options(usage.Options):
+    """Options of ``twistd dataserv``; a ``[dataserv]`` INI file via ``--config``, command line wins."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Serve GET /data (CPU-bound work, calibrated to --work-ms) dispatched inline, "
+        "to a thread pool or to a process pool, with Prometheus metrics on /metrics."
+    )
+    optParameters = [
+        ["config", "c", None, "INI file with a [dataserv] section; keys are long option names."],
+    ] + [[name, None, None, f"{text} [default: {default}]" if default else text]
+         for name, (default, _, text) in _config.OPTIONS.items()]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """strports endpoint to listen on; repeatable [default: tcp:8080:backlog=1024]."""
+        self["listen"].append(description)
+
+    opt_l = opt_listen
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        # twistd answers a UsageError by printing its whole --help before the
+        # message; a user who mistyped one value wants one line naming it.
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            sys.stderr.write(f"twistd dataserv: {e}\n")
+            raise SystemExit(2) from None
+
+    def postOptions(self) -> None:
+        try:
+            file_values = _config.read_config_file(self["config"]) if self["config"] else {}
+            cli = {name: self[name] for name in _config.OPTIONS}
+            resolved = _config.resolve(cli, self["listen"], file_values)
+            for description in resolved["listen"]:
+                _check_endpoint(description)
+            if resolved["workers"] != 1:
+                raise _config.ConfigError("--workers: only 1 is supported so far")
+            if resolved["access-log"] != "off":
+                raise _config.ConfigError("--access-log: only 'off' is supported so far")
+        except _config.ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        self.update(resolved)
+
+
+def _check_endpoint(description: str) -> None:
+    try:
+        serverFromString(MemoryReactor(), description)
+    except (ValueError, TypeError, KeyError) as e:
+        raise _config.ConfigError(f"--listen: bad endpoint {description!r}: {e}") from None
+
+
+class ListenerService(Service):
+    """Listens on one endpoint and keeps the port, for the backlog collector (and pausing)."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint, description: str, factory: Site, metrics: Metrics) -> None:
+        self.endpoint = endpoint
+        self.description = description
+        self.factory = factory
+        self.metrics = metrics
+        self.port: IListeningPort | None = None
+        self.address = ""
+        self._listening: Deferred[IListeningPort] | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        failures: list[Failure] = []
+        self._listening = self.endpoint.listen(self.factory)
+        self._listening.addCallbacks(self._listened, failures.append)
+        if failures:
+            # TCP and UNIX endpoints fail at once (port in use, no permission):
+            # say so in one line and exit non-zero instead of a traceback.
+            reason = failures[0].getErrorMessage()
+            sys.stderr.write(f"twistd dataserv: --listen {self.description}: {reason}\n")
+            raise SystemExit(1)
+
+    def startService(self) -> None:
+        if self._listening is None:
+            self.privilegedStartService()
+        super().startService()
+
+    def _listened(self, port: IListeningPort) -> IListeningPort:
+        self.port = port
+        host = port.getHost()
+        self.address = f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}"
+        if hasattr(port, "fileno"):
+            self.metrics.backlog.add(self.address, port.fileno)
+        _log.info("dataserv listening on {address} ({description})", address=self.address,
+                  description=self.description)
+        return port
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        self._listening = None
+        if port is None:
+            return None
+        self.metrics.backlog.remove(self.address)
+        return maybeDeferred(port.stopListening)
+
+
+class OrderedMultiService(MultiService):
+    """A ``MultiService`` that stops its children one at a time, last added first.
+
+    ``MultiService`` stops all children at once; we need listening to stop
+    before the pool does, since a stopped ``ThreadPool`` silently drops work.
+    """
+
+    @inlineCallbacks
+    def stopService(self):  # type: ignore[override]
+        Service.stopService(self)
+        for service in reversed(list(self)):
+            yield maybeDeferred(service.stopService)
+
+
+def build(options: Any, reactor: IReactorCore, registry: CollectorRegistry | None = None) -> MultiService:
+    """The service tree for resolved ``options``, on ``reactor``; nothing listens until it starts."""
+    metrics = Metrics(registry if registry is not None else CollectorRegistry())
+    calibration = calibrate(options["work-kind"], options["work-ms"])
+    _log.info(
+        "dataserv calibrated {kind}: {iterations} iterations = {ms} ms of CPU ({rate:.0f}/ms, took {took:.2f} s)",
+        kind=calibration.kind, iterations=calibration.iterations, ms=options["work-ms"],
+        rate=calibration.iterations_per_ms, took=calibration.seconds_spent,
+    )
+    dispatcher = make_dispatcher(options["dispatch"], reactor, options["pool-size"], metrics.work_done)
+    metrics.work_pool_size.set(dispatcher.size)
+    metrics.work_iterations.set(calibration.iterations)
+    metrics.work_queue_depth.set_function(dispatcher.queue_depth)
+    metrics.work_in_progress.set_function(dispatcher.in_progress)
+    metrics.info.info(
+        {"version": dataserv.__version__, "dispatch": options["dispatch"], "work_kind": options["work-kind"]}
+    )
+    app = DataApp(dispatcher, metrics, calibration, max_work_ms=options["max-work-ms"])
+    site = DataSite(app.app.resource(), metrics, reactor, timeout=options["idle-timeout"] or None)
+
+    root = OrderedMultiService()
+    root.metrics = metrics  # type: ignore[attr-defined]
+    root.app = app  # type: ignore[attr-defined]
+    # Started in order, stopped in reverse: the pool is up before anything
+    # listens, and listening stops before the pool does.
+    dispatcher.setName("dispatcher")
+    dispatcher.setServiceParent(root)
+    ReactorLagProbe(reactor, metrics.reactor_lag.observe).setServiceParent(root)
+    for i, description in enumerate(options["listen"]):
+        listener = ListenerService(serverFromString(reactor, description), description, site, metrics)
+        listener.setName(f"listen-{i}")
+        listener.setServiceParent(root)
+    return root
+
+
+def makeService(options: Options) -> IServiceCollection:
+    """twistd entry point: resolve the global reactor here, and only here."""
+    from twisted.internet import reactor
+
+    return build(options, reactor)

@@ -1,0 +1,34 @@
+"""Shared fixtures: fresh registries, calibrations that need no measuring, an in-memory client."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry
+from treq.testing import StubTreq
+
+from dataserv.app import DataApp
+from dataserv.metrics import Metrics
+from dataserv.site import DataSite
+from dataserv.work import Calibration
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics(CollectorRegistry(), process_collectors=False)
+
+
+def fixed_calibration(kind: str = "pbkdf2", work_ms: float = 4.0, per_ms: float = 10.0) -> Calibration:
+    """A calibration with a known rate (so tests know the iteration count) and cheap work."""
+    return Calibration(kind=kind, iterations_per_ms=per_ms, work_ms=work_ms, seconds_spent=0.0)
+
+
+def stub_client(app: DataApp, metrics: Metrics) -> StubTreq:
+    """StubTreq over the real ``DataSite`` (metered requests, counted connections), in memory."""
+    stub = StubTreq(app.app.resource())
+    agent = stub._agent
+    agent._serverFactory = DataSite(app.app.resource(), metrics, agent._memoryReactor)
+    return stub
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)

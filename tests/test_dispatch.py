@@ -1,0 +1,123 @@
+"""The three dispatchers on a real reactor: where the work runs, what it answers, clean shutdown."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+
+from dataserv import work
+from dataserv.dispatch import InlineDispatcher, ProcessDispatcher, ThreadDispatcher, WorkTiming
+
+
+@pytest_twisted.inlineCallbacks
+def test_threads_never_run_the_work_on_the_reactor_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every item runs in a dedicated pool thread; results come back on the reactor thread."""
+    ran_in: list[str] = []
+    real = work.timed_run
+
+    def recording(kind: str, iterations: int):
+        ran_in.append(threading.current_thread().name)
+        return real(kind, iterations)
+
+    monkeypatch.setattr(work, "timed_run", recording)
+    timings: list[WorkTiming] = []
+    dispatcher = ThreadDispatcher(reactor, 2, timings.append)
+    dispatcher.startService()
+    try:
+        callbacks_in: list[bool] = []
+        ds = []
+        for _ in range(20):
+            d = dispatcher.submit("pbkdf2", 200)
+            d.addCallback(lambda r: callbacks_in.append(threading.current_thread() is threading.main_thread()) or r)
+            ds.append(d)
+        digests = yield gatherResults(ds)
+    finally:
+        yield dispatcher.stopService()
+    assert set(digests) == {work.run("pbkdf2", 200)}
+    assert len(ran_in) == 20
+    assert threading.main_thread().name not in ran_in
+    assert all("dataserv-work" in name for name in ran_in)
+    assert all(callbacks_in)
+    assert len(timings) == 20 and all(t.queue_wait >= 0 and t.duration > 0 for t in timings)
+    assert dispatcher.outstanding == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_thread_pool_reports_depth_and_in_progress() -> None:
+    """While items wait, queue depth and work in progress add up to what is outstanding."""
+    dispatcher = ThreadDispatcher(reactor, 1)
+    dispatcher.startService()
+    release = threading.Event()
+    try:
+        blocker = dispatcher._submit("pbkdf2", 1)  # occupy the only worker...
+        dispatcher.pool.callInThread(release.wait)  # ...and hold the queue behind it
+        ds = [dispatcher.submit("pbkdf2", 1) for _ in range(3)]
+        for _ in range(100):  # let the worker pick up the first item
+            if dispatcher.in_progress() == 1:
+                break
+            yield _sleep(0.01)
+        assert dispatcher.in_progress() == 1
+        assert dispatcher.queue_depth() >= 3
+        release.set()
+        yield gatherResults([blocker, *ds])
+        assert dispatcher.queue_depth() == 0
+    finally:
+        release.set()
+        yield dispatcher.stopService()
+
+
+def _sleep(seconds: float):
+    from twisted.internet.task import deferLater
+
+    return deferLater(reactor, seconds, lambda: None)
+
+
+@pytest_twisted.inlineCallbacks
+def test_threads_stop_joins_the_pool() -> None:
+    """Stopping the service stops the pool's threads (and does not block the reactor)."""
+    dispatcher = ThreadDispatcher(reactor, 2)
+    dispatcher.startService()
+    yield dispatcher.submit("python", 100)
+    threads = list(dispatcher.pool.threads)
+    assert threads
+    yield dispatcher.stopService()
+    assert not any(t.is_alive() for t in threads)
+    assert dispatcher.pool.joined
+
+
+@pytest.mark.slow
+@pytest_twisted.inlineCallbacks
+def test_processes_give_the_same_digest_as_inline() -> None:
+    """The process pool answers the same digests as inline work for the same iterations, then exits."""
+    inline = InlineDispatcher()
+    processes = ProcessDispatcher(reactor, 2)
+    processes.startService()
+    try:
+        cases = [(kind, n) for kind in work.KINDS for n in (0, 1, 1000, 5000)]
+        got = yield gatherResults([processes.submit(kind, n) for kind, n in cases])
+        expected = yield gatherResults([inline.submit(kind, n) for kind, n in cases])
+        pids = [p.pid for p in processes._executor._processes.values()]
+    finally:
+        yield processes.stopService()
+    assert got == expected
+    assert len(pids) == 2
+    assert processes.outstanding == 0
+    import os
+
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_inline_runs_on_the_calling_thread() -> None:
+    """Inline answers synchronously, on the thread that submitted (the reactor thread in the server)."""
+    seen = []
+    dispatcher = InlineDispatcher(seen.append)
+    d = dispatcher.submit("pbkdf2", 10)
+    assert d.called and d.result == work.run("pbkdf2", 10)
+    assert len(seen) == 1 and seen[0].queue_wait < 0.01
+    assert (dispatcher.queue_depth(), dispatcher.in_progress(), dispatcher.size) == (0, 0, 1)

@@ -1,0 +1,143 @@
+"""Option parsing, config-file precedence, bad values, and the service tree (nothing listens)."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+
+import pytest
+from prometheus_client import CollectorRegistry
+from twisted.internet.task import Clock
+
+from dataserv import config, tap
+from dataserv.dispatch import InlineDispatcher, ProcessDispatcher, ThreadDispatcher
+
+
+def _parse(*args: str) -> tap.Options:
+    options = tap.Options()
+    options.parseOptions(list(args))
+    return options
+
+
+def test_defaults_match_the_spec() -> None:
+    options = _parse()
+    assert options["listen"] == ["tcp:8080:backlog=1024"]
+    assert options["dispatch"] == "threads"
+    assert options["pool-size"] == (os.cpu_count() or 1)
+    assert options["work-ms"] == 4.0
+    assert options["work-kind"] == "pbkdf2"
+    assert options["max-work-ms"] == 100.0
+    assert options["max-queue"] == 1024
+    assert options["queue-timeout-ms"] == 2000.0
+    assert options["max-connections"] == 10000
+    assert options["idle-timeout"] == 15.0
+    assert options["header-timeout"] == 10.0
+    assert options["drain-timeout"] == 30.0
+    assert options["access-log"] == "off"
+    assert options["workers"] == 1
+
+
+def test_listen_is_repeatable() -> None:
+    options = _parse("-l", "tcp:0:interface=127.0.0.1", "--listen", "tcp6:0:interface=\\:\\:1")
+    assert options["listen"] == ["tcp:0:interface=127.0.0.1", "tcp6:0:interface=\\:\\:1"]
+
+
+def test_inline_pool_is_one() -> None:
+    assert _parse("--dispatch", "inline", "--pool-size", "8")["pool-size"] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--pool-size", "0"], "--pool-size must be a positive integer, got '0'"),
+        (["--pool-size", "two"], "--pool-size must be a positive integer, got 'two'"),
+        (["--work-ms", "-1"], "--work-ms must be a number >= 0, got '-1'"),
+        (["--work-ms", "nan"], "--work-ms must be a number >= 0, got 'nan'"),
+        (["--dispatch", "fibers"], "--dispatch must be one of inline, threads, processes, got 'fibers'"),
+        (["--work-kind", "sha1"], "--work-kind must be one of pbkdf2, python, got 'sha1'"),
+        (["--max-queue", "-3"], "--max-queue must be an integer >= 0, got '-3'"),
+        (["--listen", "bogus:1"], "--listen: bad endpoint 'bogus:1'"),
+        (["--bogus"], "option --bogus not recognized"),
+        (["--config", "/nonexistent/dataserv.cfg"], "--config: cannot read /nonexistent/dataserv.cfg"),
+    ],
+)
+def test_bad_values_exit_2_with_one_line_naming_the_option(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        _parse(*args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("twistd dataserv: " + message)
+
+
+def _write(tmp_path, text: str) -> str:
+    path = tmp_path / "dataserv.cfg"
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def test_config_file_sets_values_and_command_line_wins(tmp_path) -> None:
+    path = _write(
+        tmp_path,
+        """
+        [dataserv]
+        dispatch = inline
+        work-ms = 2.5
+        work-kind = python
+        listen =
+            tcp:0:interface=127.0.0.1
+            tcp:0:interface=127.0.0.2
+        """,
+    )
+    options = _parse("--config", path, "--work-ms", "4")
+    assert options["dispatch"] == "inline"
+    assert options["work-kind"] == "python"
+    assert options["work-ms"] == 4.0  # command line wins, even when it equals the default
+    assert options["listen"] == ["tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.2"]
+    assert _parse("-c", path, "-l", "tcp:0")["listen"] == ["tcp:0"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[dataserv]\npool-size = 0\n", "--pool-size must be a positive integer, got '0'"),
+        ("[dataserv]\nspeed = fast\n", "unknown option 'speed'"),
+        ("[other]\nx = 1\n", "has no [dataserv] section"),
+        ("dispatch = inline\n", "is not a valid INI file"),
+    ],
+)
+def test_bad_config_file(tmp_path, text: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _parse("--config", _write(tmp_path, text))
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_shipped_tap_cfg_documents_every_option_and_parses() -> None:
+    """tap.cfg at the top of the checkout names every option and is a valid config."""
+    path = os.path.join(os.path.dirname(__file__), "..", "tap.cfg")
+    text = open(path).read()
+    for name in [*config.OPTIONS, "listen"]:
+        assert f"\n{name} =" in text or f"\n# {name} =" in text, name
+    _parse("--config", path)
+
+
+@pytest.mark.parametrize(
+    ("dispatch", "cls"),
+    [("inline", InlineDispatcher), ("threads", ThreadDispatcher), ("processes", ProcessDispatcher)],
+)
+def test_service_tree(dispatch: str, cls: type) -> None:
+    """makeService's tree: the dispatcher first (started first, stopped last), then listeners."""
+    options = _parse("--dispatch", dispatch, "--work-ms", "1", "-l", "tcp:0", "-l", "tcp:0")
+    root = tap.build(options, Clock(), CollectorRegistry())
+    services = list(root)
+    assert isinstance(services[0], cls)
+    assert [s.name for s in services if s.name and s.name.startswith("listen")] == ["listen-0", "listen-1"]
+    assert not root.running
+    assert root.metrics.registry.get_sample_value("dataserv_work_pool_size") == services[0].size
+    assert root.metrics.registry.get_sample_value("dataserv_work_iterations") > 0
+    assert root.metrics.registry.get_sample_value(
+        "dataserv_info", {"version": "0.1.0", "dispatch": dispatch, "work_kind": "pbkdf2"}
+    ) == 1

@@ -1,0 +1,55 @@
+"""The work kinds: deterministic digests and start-up calibration."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from dataserv import work
+
+
+@pytest.mark.parametrize("kind", work.KINDS)
+def test_digest_is_deterministic_and_depends_on_iterations(kind: str) -> None:
+    """The same kind and iteration count give the same digest; other counts differ."""
+    assert work.run(kind, 1000) == work.run(kind, 1000)
+    assert work.run(kind, 1000) != work.run(kind, 1001)
+    assert len(work.run(kind, 10)) >= 16
+
+
+@pytest.mark.parametrize("kind", work.KINDS)
+def test_zero_iterations_still_answers_a_digest(kind: str) -> None:
+    """``work_ms=0`` maps to 0 iterations, which must not raise (pbkdf2_hmac refuses 0)."""
+    assert work.run(kind, 0)
+    digest, started, finished = work.timed_run(kind, 0)
+    assert digest == work.run(kind, 0) and finished >= started
+
+
+@pytest.mark.parametrize(
+    ("per_ms", "work_ms", "expected"),
+    [(1000.0, 4.0, 4000), (1000.0, 0.0, 0), (0.1, 1.0, 1), (1234.5, 2.0, 2469), (10.0, 0.01, 1)],
+)
+def test_iterations_for(per_ms: float, work_ms: float, expected: int) -> None:
+    """Iterations scale with the asked time; 0 ms is 0 iterations, anything else at least 1."""
+    cal = work.Calibration("pbkdf2", per_ms, 4.0, 0.0)
+    assert cal.iterations_for(work_ms) == expected
+
+
+@pytest.mark.parametrize("kind", work.KINDS)
+def test_calibration_is_within_25_percent_of_the_asked_time(kind: str) -> None:
+    """Calibrated iterations cost 4 ms of CPU within 25% (median of several runs), in well under a second."""
+    cal = work.calibrate(kind, 4.0)
+    assert cal.seconds_spent < 1.0
+    assert cal.iterations == cal.iterations_for(4.0)
+    spent = []
+    for _ in range(7):
+        t0 = time.thread_time()
+        work.run(kind, cal.iterations)
+        spent.append((time.thread_time() - t0) * 1000)
+    median = sorted(spent)[3]
+    assert 3.0 <= median <= 5.0, spent
+
+
+def test_calibrate_rejects_unknown_kind() -> None:
+    with pytest.raises(ValueError, match="unknown work kind"):
+        work.calibrate("bogus", 4.0)
