@@ -11,6 +11,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from dataserv._routing import FastKleinResource
 from dataserv.dispatch import Dispatcher
 from dataserv.metrics import Metrics
 from dataserv.work import Calibration
@@ -40,20 +41,15 @@ def parse_work_ms(raw: bytes | None, max_work_ms: float) -> float | None:
     return value
 
 
-def _body(request: IRequest, body: bytes, content_type: bytes = _TEXT) -> bytes:
-    """Set the content type and length of ``body`` and return it.
-
-    Klein writes a route's result with ``request.write``; without a length it
-    would go out chunked.
-    """
-    request.setHeader(b"content-type", content_type)
-    request.setHeader(b"content-length", b"%d" % len(body))
-    return body
-
-
 def _plain(request: IRequest, code: int, text: str) -> bytes:
+    """A one-line plain-text answer.
+
+    No Content-Length here: twisted.web adds it to a body answered at once,
+    and the fast path (``_routing``) adds it to a body answered later.
+    """
     request.setResponseCode(code)
-    return _body(request, text.encode("utf-8") + b"\n")
+    request.setHeader(b"content-type", _TEXT)
+    return text.encode("utf-8") + b"\n"
 
 
 class DataApp:
@@ -74,6 +70,10 @@ class DataApp:
         self.max_work_ms = max_work_ms
         self.ready = True
 
+    def resource(self) -> FastKleinResource:
+        """The app as a twisted.web resource (static routes on the fast path)."""
+        return FastKleinResource(self.app)
+
     @app.route("/data", methods=["GET"])
     def data(self, request: IRequest) -> Deferred[bytes] | bytes:
         request.route = "/data"
@@ -90,12 +90,14 @@ class DataApp:
 
     @staticmethod
     def _digest(digest: str, request: IRequest) -> bytes:
-        return _body(request, digest.encode("ascii") + b"\n")
+        request.setHeader(b"content-type", _TEXT)
+        return digest.encode("ascii") + b"\n"
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: IRequest) -> bytes:
         request.route = "/healthz"
-        return _plain(request, 200, "ok")
+        request.setHeader(b"content-type", _TEXT)
+        return b"ok\n"
 
     @app.route("/readyz", methods=["GET"])
     def readyz(self, request: IRequest) -> bytes:
@@ -110,7 +112,8 @@ class DataApp:
         request.route = "/metrics"
         accept = request.getHeader(b"accept") or b""
         body, content_type = self.metrics.exposition(accept.decode("latin-1"))
-        return _body(request, body, content_type.encode("ascii"))
+        request.setHeader(b"content-type", content_type.encode("ascii"))
+        return body
 
     @app.handle_errors(NotFound)
     def _not_found(self, request: IRequest, failure: Failure) -> bytes:

@@ -21,13 +21,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads
-from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from dataserv import work
@@ -35,38 +34,22 @@ from dataserv import work
 DISPATCH_KINDS = ("inline", "threads", "processes")
 
 
-@dataclass(frozen=True)
-class WorkTiming:
-    """When one work item was submitted, started and finished (``time.monotonic``)."""
-
-    submitted: float
-    started: float
-    finished: float
-
-    @property
-    def queue_wait(self) -> float:
-        return max(0.0, self.started - self.submitted)
-
-    @property
-    def duration(self) -> float:
-        return max(0.0, self.finished - self.started)
+# Called on the reactor thread once per completed item, with the
+# submitted, started and finished times (plain floats: this is per request).
+WorkObserver = Callable[[float, float, float], None]
 
 
-# Called on the reactor thread once per completed item.
-WorkObserver = Callable[[WorkTiming], None]
-
-
-def _ignore(timing: WorkTiming) -> None:
+def _ignore(submitted: float, started: float, finished: float) -> None:
     pass
 
 
 class Dispatcher(Service):
     """Runs ``work.run(kind, iterations)`` somewhere and answers a Deferred digest.
 
-    Subclasses implement :meth:`_submit`, answering a Deferred that fires with
-    ``work.timed_run``'s ``(digest, started, finished)``.  Timestamps use
-    ``time.monotonic`` rather than the injected clock because they are taken in
-    other threads and processes.
+    Subclasses implement :meth:`_submit` and settle each item on the reactor
+    thread with :meth:`_settle`, which records its timing and fires the
+    Deferred.  Timestamps use ``time.monotonic`` rather than the injected
+    clock because they are taken in other threads and processes.
     """
 
     kind = "abstract"
@@ -80,18 +63,26 @@ class Dispatcher(Service):
     def submit(self, kind: str, iterations: int) -> Deferred[str]:
         """Queue one item of work; the Deferred fires with its hex digest."""
         self.submitted += 1
-        submitted = time.monotonic()
-        d = self._submit(kind, iterations)
-        d.addBoth(self._completed, submitted)
-        return d
+        return self._submit(kind, iterations, time.monotonic())
 
-    def _completed(self, result: Any, submitted: float) -> Any:
+    def _submit(self, kind: str, iterations: int, submitted: float) -> Deferred[str]:
+        raise NotImplementedError
+
+    def _settle(self, d: Deferred[str], submitted: float, ok: bool, result: Any) -> None:
+        """On the reactor thread: count the item, observe its timing, fire ``d``.
+
+        ``result`` is ``work.timed_run``'s ``(digest, started, finished)`` when
+        ``ok``, else the exception or Failure.  A Deferred cancelled meanwhile
+        (the client went away) is left as it is.
+        """
         self.completed += 1
-        if isinstance(result, tuple):
+        if ok:
             digest, started, finished = result
-            self.observer(WorkTiming(submitted, started, finished))
-            return digest
-        return result
+            self.observer(submitted, started, finished)
+            if not d.called:
+                d.callback(digest)
+        elif not d.called:
+            d.errback(result)
 
     @property
     def outstanding(self) -> int:
@@ -106,9 +97,6 @@ class Dispatcher(Service):
         """Items running on a worker."""
         return min(self.outstanding, self.size)
 
-    def _submit(self, kind: str, iterations: int) -> Deferred[tuple[str, float, float]]:
-        raise NotImplementedError
-
 
 class InlineDispatcher(Dispatcher):
     """Runs the work synchronously on the reactor thread (deliberately blocking)."""
@@ -118,8 +106,15 @@ class InlineDispatcher(Dispatcher):
     def __init__(self, observer: WorkObserver = _ignore) -> None:
         super().__init__(1, observer)
 
-    def _submit(self, kind: str, iterations: int) -> Deferred[tuple[str, float, float]]:
-        return succeed(work.timed_run(kind, iterations))
+    def _submit(self, kind: str, iterations: int, submitted: float) -> Deferred[str]:
+        d: Deferred[str] = Deferred()
+        try:
+            result = work.timed_run(kind, iterations)
+        except Exception:
+            self._settle(d, submitted, False, Failure())
+        else:
+            self._settle(d, submitted, True, result)
+        return d
 
 
 def _stop_in_thread(reactor: IReactorFromThreads, stop: Callable[[], object], name: str) -> Deferred[None]:
@@ -159,8 +154,17 @@ class ThreadDispatcher(Dispatcher):
         super().stopService()
         return _stop_in_thread(self._reactor, self.pool.stop, "dataserv-work")
 
-    def _submit(self, kind: str, iterations: int) -> Deferred[tuple[str, float, float]]:
-        return deferToThreadPool(self._reactor, self.pool, work.timed_run, kind, iterations)
+    def _submit(self, kind: str, iterations: int, submitted: float) -> Deferred[str]:
+        # deferToThreadPool, minus one Deferred: the worker hands its result
+        # straight to _settle on the reactor thread (the one-shot channel back).
+        d: Deferred[str] = Deferred()
+        call_from_thread, settle = self._reactor.callFromThread, self._settle
+
+        def on_result(ok: bool, result: Any) -> None:
+            call_from_thread(settle, d, submitted, ok, result)
+
+        self.pool.callInThreadWithCallback(on_result, work.timed_run, kind, iterations)
+        return d
 
     def queue_depth(self) -> int:
         return self.pool.q.qsize()
@@ -210,7 +214,7 @@ class ProcessDispatcher(Dispatcher):
             self._reactor, lambda: executor.shutdown(wait=True, cancel_futures=True), "dataserv-procs"
         )
 
-    def _submit(self, kind: str, iterations: int) -> Deferred[tuple[str, float, float]]:
+    def _submit(self, kind: str, iterations: int, submitted: float) -> Deferred[str]:
         if self._executor is None:
             raise RuntimeError("the process pool is not running")
         try:
@@ -221,22 +225,19 @@ class ProcessDispatcher(Dispatcher):
             broken, self._executor = self._executor, self._new_executor()
             broken.shutdown(wait=False, cancel_futures=True)
             future = self._executor.submit(work.timed_run, kind, iterations)
-        d: Deferred[tuple[str, float, float]] = Deferred(lambda _: future.cancel())
-        future.add_done_callback(lambda f: self._reactor.callFromThread(_fire, d, f))
+        d: Deferred[str] = Deferred(lambda _: future.cancel())
+        future.add_done_callback(lambda f: self._reactor.callFromThread(self._settle_future, d, submitted, f))
         return d
 
-
-def _fire(d: Deferred[Any], future: Future[Any]) -> None:
-    if d.called:  # cancelled meanwhile
-        return
-    if future.cancelled():
-        d.cancel()
-        return
-    error = future.exception()
-    if error is not None:
-        d.errback(error)
-    else:
-        d.callback(future.result())
+    def _settle_future(self, d: Deferred[str], submitted: float, future: Future[Any]) -> None:
+        if future.cancelled():
+            self.completed += 1  # cancelled before it ran; d was cancelled with it
+            return
+        error = future.exception()
+        if error is not None:
+            self._settle(d, submitted, False, error)
+        else:
+            self._settle(d, submitted, True, future.result())
 
 
 def make_dispatcher(

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -20,13 +21,12 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.utils import floatToGoString
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-
-from dataserv.dispatch import WorkTiming
 
 NAMESPACE = "dataserv"
 
@@ -36,6 +36,68 @@ LATENCY_BUCKETS = (
     0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
 )
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class ReactorHistogram:
+    """A histogram observed from one thread only (the reactor's): no locks, one bisect.
+
+    prometheus-client's ``Histogram`` takes a lock per bucket and per sum and
+    walks its buckets in Python (about 3 us an observation); a ``/data``
+    request makes three observations, all on the reactor thread, where they
+    would be a measurable share of the fixed cost.  Scrapes also run on the
+    reactor thread, so a plain list is safe.  Exposed as an ordinary
+    histogram family through the collector interface.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], labelnames: Sequence[str] = ()
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = tuple(float(b) for b in buckets)
+        if list(self.bounds) != sorted(self.bounds):
+            raise ValueError("buckets not in sorted order")
+        self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], _HistogramChild] = {}
+        if not self.labelnames:
+            self._unlabelled = self.labels()
+            self.observe = self._unlabelled.observe
+
+    def labels(self, *values: str) -> _HistogramChild:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}")
+            child = self._children[values] = _HistogramChild(self.bounds)
+        return child
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+        for values, child in sorted(self._children.items()):
+            buckets, total = [], 0
+            for le, count in zip(les, child.counts, strict=True):
+                total += count
+                buckets.append((le, total))
+            family.add_metric(list(values), buckets, child.sum)
+        yield family
+
+
+class _HistogramChild:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left: the first bound >= value, i.e. the bucket "le" that holds it.
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
 
 
 class Metrics:
@@ -55,15 +117,13 @@ class Metrics:
             "requests", "HTTP requests answered, by route template, method and status code.",
             ["route", "method", "code"], **kw,
         )
-        self.request_duration = Histogram(
-            "request_duration_seconds", "Request received to response finished.",
-            ["route"], buckets=LATENCY_BUCKETS, **kw,
+        # Observed on the reactor thread for every request: see ReactorHistogram.
+        self.request_duration = self._reactor_histogram(
+            "request_duration_seconds", "Request received to response finished.", ["route"]
         )
-        self.work_duration = Histogram(
-            "work_duration_seconds", "Time inside the CPU work.", buckets=LATENCY_BUCKETS, **kw
-        )
-        self.work_queue_wait = Histogram(
-            "work_queue_wait_seconds", "Work submitted to work started.", buckets=LATENCY_BUCKETS, **kw
+        self.work_duration = self._reactor_histogram("work_duration_seconds", "Time inside the CPU work.")
+        self.work_queue_wait = self._reactor_histogram(
+            "work_queue_wait_seconds", "Work submitted to work started."
         )
         self.work_queue_depth = Gauge("work_queue_depth", "Work items waiting for a worker.", **kw)
         self.work_in_progress = Gauge("work_in_progress", "Work items running.", **kw)
@@ -91,6 +151,11 @@ class Metrics:
         self._request_children: dict[tuple[str, bytes, int], Callable[[], None]] = {}
         self._duration_children: dict[str, Callable[[float], None]] = {}
 
+    def _reactor_histogram(self, name: str, documentation: str, labels: Sequence[str] = ()) -> ReactorHistogram:
+        histogram = ReactorHistogram(f"{NAMESPACE}_{name}", documentation, LATENCY_BUCKETS, labels)
+        self.registry.register(histogram)
+        return histogram
+
     def connection_made(self) -> None:
         self.connections_accepted.inc()
         self.connections_open.inc()
@@ -112,10 +177,10 @@ class Metrics:
             observe = self._duration_children[route] = self.request_duration.labels(route).observe
         observe(seconds)
 
-    def work_done(self, timing: WorkTiming) -> None:
+    def work_done(self, submitted: float, started: float, finished: float) -> None:
         """Observe one completed work item (called on the reactor thread)."""
-        self.work_queue_wait.observe(timing.queue_wait)
-        self.work_duration.observe(timing.duration)
+        self.work_queue_wait.observe(max(0.0, started - submitted))
+        self.work_duration.observe(max(0.0, finished - started))
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """The registry in the format the Accept header asks for: (body, content type)."""

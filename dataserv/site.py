@@ -22,18 +22,24 @@ class MeteredRequest(Request):
 
     route = UNMATCHED_ROUTE
     received = 0.0
+    # The Deferred the response waits for; cancelled if the client goes away.
+    pendingWork = None
 
     def process(self) -> None:
         # The head (and body) has arrived: this is "request received".
-        self.received = self.channel.site.clock.seconds()
+        self.received = self.channel.site.seconds()
         super().process()
+
+    def connectionLost(self, reason: object) -> None:
+        super().connectionLost(reason)
+        pending, self.pendingWork = self.pendingWork, None
+        if pending is not None:
+            pending.cancel()
 
     def finish(self) -> None:
         super().finish()
         site = self.site
-        site.metrics.request_finished(
-            self.route, self.method, self.code, site.clock.seconds() - self.received
-        )
+        site.request_finished(self.route, self.method, self.code, site.seconds() - self.received)
 
 
 class DataSite(Site):
@@ -46,6 +52,9 @@ class DataSite(Site):
         super().__init__(resource, reactor=clock, **kwargs)
         self.metrics = metrics
         self.clock = clock
+        # Bound once: read twice per request.
+        self.seconds = clock.seconds
+        self.request_finished = metrics.request_finished
 
     def buildProtocol(self, addr: object) -> CountingProtocol:
         channel = super().buildProtocol(addr)

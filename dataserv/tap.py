@@ -163,7 +163,7 @@ def build(options: Any, reactor: IReactorCore, registry: CollectorRegistry | Non
         {"version": dataserv.__version__, "dispatch": options["dispatch"], "work_kind": options["work-kind"]}
     )
     app = DataApp(dispatcher, metrics, calibration, max_work_ms=options["max-work-ms"])
-    site = DataSite(app.app.resource(), metrics, reactor, timeout=options["idle-timeout"] or None)
+    site = DataSite(app.resource(), metrics, reactor, timeout=options["idle-timeout"] or None)
 
     root = OrderedMultiService()
     root.metrics = metrics  # type: ignore[attr-defined]

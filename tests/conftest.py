@@ -24,9 +24,9 @@ def fixed_calibration(kind: str = "pbkdf2", work_ms: float = 4.0, per_ms: float 
 
 def stub_client(app: DataApp, metrics: Metrics) -> StubTreq:
     """StubTreq over the real ``DataSite`` (metered requests, counted connections), in memory."""
-    stub = StubTreq(app.app.resource())
+    stub = StubTreq(app.resource())
     agent = stub._agent
-    agent._serverFactory = DataSite(app.app.resource(), metrics, agent._memoryReactor)
+    agent._serverFactory = DataSite(app.resource(), metrics, agent._memoryReactor)
     return stub
 
 

@@ -13,7 +13,7 @@ from dataserv.metrics import Metrics
 
 
 class _FailingDispatcher(InlineDispatcher):
-    def _submit(self, kind: str, iterations: int) -> Deferred:
+    def _submit(self, kind: str, iterations: int, submitted: float) -> Deferred:
         return fail(RuntimeError("secret internal detail"))
 
 
@@ -167,7 +167,7 @@ def test_request_duration_uses_the_injected_clock(metrics: Metrics) -> None:
     pending: list[Deferred] = []
 
     class _Held(InlineDispatcher):
-        def _submit(self, kind: str, iterations: int) -> Deferred:
+        def _submit(self, kind: str, iterations: int, submitted: float) -> Deferred:
             d = Deferred()
             pending.append(d)
             return d
@@ -176,7 +176,7 @@ def test_request_duration_uses_the_injected_clock(metrics: Metrics) -> None:
     response = client.get("http://x/data")
     client.flush()
     client._agent._memoryReactor.advance(0.25)
-    pending[0].callback(("abc", 0.0, 0.0))
+    pending[0].callback("abc")
     client.flush()
     assert response.result.code == 200
     assert sample(metrics, "dataserv_request_duration_seconds_sum", route="/data") == pytest.approx(0.25)

@@ -10,7 +10,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 from twisted.internet.task import Clock
 
-from dataserv.metrics import ListenBacklogCollector, Metrics, ReactorLagProbe, parse_listen_backlog
+from dataserv.metrics import (
+    ListenBacklogCollector,
+    Metrics,
+    ReactorHistogram,
+    ReactorLagProbe,
+    parse_listen_backlog,
+)
 
 _HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode"
 
@@ -95,6 +101,45 @@ def test_reactor_lag_probe_observes_late_timers() -> None:
     probe.stopService()
     clock.advance(1)
     assert len(seen) == 4
+
+
+@pytest.mark.parametrize(
+    ("values", "expected_buckets"),
+    [
+        ([], [0, 0, 0, 0]),
+        ([0.0005], [1, 1, 1, 1]),  # below the first bound
+        ([0.001], [1, 1, 1, 1]),  # exactly on a bound: that bucket (le = less or equal)
+        ([0.0011, 0.01], [0, 2, 2, 2]),
+        ([0.5, 99.0], [0, 0, 1, 2]),  # above the last bound: +Inf only
+    ],
+)
+def test_reactor_histogram_buckets(values: list[float], expected_buckets: list[int]) -> None:
+    """Cumulative buckets with "le" semantics, sum and count, as Prometheus expects."""
+    registry = CollectorRegistry()
+    histogram = ReactorHistogram("h_seconds", "doc", (0.001, 0.01, 1.0))
+    registry.register(histogram)
+    for v in values:
+        histogram.observe(v)
+    got = [registry.get_sample_value("h_seconds_bucket", {"le": le}) for le in ("0.001", "0.01", "1.0", "+Inf")]
+    assert got == expected_buckets
+    assert registry.get_sample_value("h_seconds_count") == len(values)
+    assert registry.get_sample_value("h_seconds_sum") == pytest.approx(sum(values))
+
+
+def test_reactor_histogram_labels() -> None:
+    registry = CollectorRegistry()
+    histogram = ReactorHistogram("h_seconds", "doc", (1.0,), ["route"])
+    registry.register(histogram)
+    histogram.labels("/a").observe(0.5)
+    histogram.labels("/b").observe(2.0)
+    histogram.labels("/b").observe(3.0)
+    assert registry.get_sample_value("h_seconds_count", {"route": "/a"}) == 1
+    assert registry.get_sample_value("h_seconds_bucket", {"route": "/b", "le": "1.0"}) == 0
+    assert registry.get_sample_value("h_seconds_sum", {"route": "/b"}) == 5.0
+    with pytest.raises(ValueError):
+        histogram.labels("/a", "extra")
+    with pytest.raises(ValueError):
+        ReactorHistogram("x", "doc", (2.0, 1.0))
 
 
 def test_metric_names_follow_the_spec() -> None:

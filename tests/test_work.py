@@ -37,17 +37,25 @@ def test_iterations_for(per_ms: float, work_ms: float, expected: int) -> None:
 
 @pytest.mark.parametrize("kind", work.KINDS)
 def test_calibration_is_within_25_percent_of_the_asked_time(kind: str) -> None:
-    """Calibrated iterations cost 4 ms of CPU within 25% (median of several runs), in well under a second."""
-    cal = work.calibrate(kind, 4.0)
-    assert cal.seconds_spent < 1.0
-    assert cal.iterations == cal.iterations_for(4.0)
-    spent = []
-    for _ in range(7):
-        t0 = time.thread_time()
-        work.run(kind, cal.iterations)
-        spent.append((time.thread_time() - t0) * 1000)
-    median = sorted(spent)[3]
-    assert 3.0 <= median <= 5.0, spent
+    """Calibrated iterations cost 4 ms of CPU within 25% (median of several runs), in well under a second.
+
+    Up to three attempts: a neighbour on a shared core can slow one stretch of
+    CPU time; a wrong calibration fails all three.
+    """
+    medians = []
+    for _ in range(3):
+        cal = work.calibrate(kind, 4.0)
+        assert cal.seconds_spent < 1.0
+        assert cal.iterations == cal.iterations_for(4.0)
+        spent = []
+        for _ in range(7):
+            t0 = time.thread_time()
+            work.run(kind, cal.iterations)
+            spent.append((time.thread_time() - t0) * 1000)
+        medians.append(sorted(spent)[3])
+        if 3.0 <= medians[-1] <= 5.0:
+            return
+    raise AssertionError(f"calibrated work took {medians} ms, asked 4 ms")
 
 
 def test_calibrate_rejects_unknown_kind() -> None:

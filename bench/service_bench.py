@@ -1,0 +1,110 @@
+"""dataserv against its ceilings and against bare twisted.web, with wrk as the client.
+
+    python bench/service_bench.py [--runs 3] [--seconds 5] [--json out.json]
+
+Each figure is a median of --runs; every ratio compares numbers from the same
+run, taken back to back:
+
+* threads dispatch (pool = cores, 4 ms pbkdf2), keep-alive and Connection: close,
+  against the raw ceiling: the same pbkdf2 call back-to-back in pool-size threads
+  in a separate process (no server, no client);
+* inline dispatch against the one-core ceiling (one thread);
+* fixed cost: dataserv's /healthz against a bare twisted.web Resource answering
+  the same bytes synchronously, and /data?work_ms=0 against a bare Resource
+  answering through deferToThreadPool on a dedicated pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from _common import HERE, Server, machine, median, wrk
+
+
+def ceiling(threads: int, iterations: int, seconds: float) -> float:
+    out = subprocess.run(
+        [sys.executable, str(HERE / "ceiling.py"), "--threads", str(threads), "--iterations", str(iterations),
+         "--seconds", str(seconds)], capture_output=True, text=True, check=True,
+    ).stdout
+    return json.loads(out)["rps"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--work-ms", type=float, default=4.0)
+    parser.add_argument("--only", default="throughput,fixed", help="comma list: throughput, fixed")
+    parser.add_argument("--json", help="write all samples here")
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    parts = set(args.only.split(","))
+    samples: dict[str, list[float]] = {}
+
+    def add(name: str, value: float) -> None:
+        samples.setdefault(name, []).append(value)
+        print(f"  {name:<34} {value:10.1f}", flush=True)
+
+    secs, conns = args.seconds, args.connections
+    for run in range(args.runs):
+        print(f"run {run + 1}/{args.runs}", flush=True)
+        if "throughput" in parts:
+            with Server.dataserv("--dispatch", "threads", "--pool-size", str(cores),
+                                 "--work-ms", str(args.work_ms)) as s:
+                iterations = int(s.metric("dataserv_work_iterations"))
+                wrk(s.url("/data"), seconds=1, connections=conns)  # warm-up
+                add("threads keep-alive rps", wrk(s.url("/data"), seconds=secs, connections=conns)["rps"])
+                add("threads close rps", wrk(s.url("/data"), seconds=secs, connections=conns, close=True)["rps"])
+            add(f"ceiling {cores} threads rps", ceiling(cores, iterations, secs))
+            with Server.dataserv("--dispatch", "inline", "--work-ms", str(args.work_ms)) as s:
+                iterations = int(s.metric("dataserv_work_iterations"))
+                wrk(s.url("/data"), seconds=1, connections=conns)
+                add("inline keep-alive rps", wrk(s.url("/data"), seconds=secs, connections=conns)["rps"])
+                add("inline close rps", wrk(s.url("/data"), seconds=secs, connections=conns, close=True)["rps"])
+            add("ceiling 1 thread rps", ceiling(1, iterations, secs))
+        if "fixed" in parts:
+            with Server.dataserv("--dispatch", "threads", "--pool-size", str(cores)) as s:
+                wrk(s.url("/healthz"), seconds=1, connections=conns)
+                add("dataserv /healthz rps", wrk(s.url("/healthz"), seconds=secs, connections=conns)["rps"])
+                add("dataserv /data?work_ms=0 rps",
+                    wrk(s.url("/data?work_ms=0"), seconds=secs, connections=conns)["rps"])
+            with Server.bare("--pool-size", str(cores), "--iterations", "0") as b:
+                wrk(b.url("/healthz"), seconds=1, connections=conns)
+                add("bare /healthz rps", wrk(b.url("/healthz"), seconds=secs, connections=conns)["rps"])
+                add("bare /data (threadpool) rps", wrk(b.url("/data"), seconds=secs, connections=conns)["rps"])
+        time.sleep(0.5)
+
+    med = {k: median(v) for k, v in samples.items()}
+    ratios = {}
+    if "throughput" in parts:
+        c = med[f"ceiling {cores} threads rps"]
+        ratios["threads keep-alive / ceiling"] = med["threads keep-alive rps"] / c
+        ratios["threads close / ceiling"] = med["threads close rps"] / c
+        c1 = med["ceiling 1 thread rps"]
+        ratios["inline keep-alive / 1-core ceiling"] = med["inline keep-alive rps"] / c1
+        ratios["inline close / 1-core ceiling"] = med["inline close rps"] / c1
+    if "fixed" in parts:
+        ratios["/healthz dataserv / bare"] = med["dataserv /healthz rps"] / med["bare /healthz rps"]
+        ratios["/data?work_ms=0 dataserv / bare threadpool"] = (
+            med["dataserv /data?work_ms=0 rps"] / med["bare /data (threadpool) rps"]
+        )
+    print("\nmedians:")
+    for k, v in med.items():
+        print(f"  {k:<40} {v:10.1f}")
+    print("ratios (per-run medians, same run):")
+    for k, v in ratios.items():
+        print(f"  {k:<44} {v:6.3f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(), "args": vars(args), "samples": samples, "medians": med,
+                       "ratios": ratios}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""A faster render path for Klein's static routes.
+
+Klein's ``KleinResource.render`` pays, on every request, for building a
+werkzeug ``MapAdapter`` (``url_map.bind``), UTF-8 decoding the URL parts, a
+component adaptation (``IKleinRequest``), two ``notifyFinish`` Deferreds and
+two ``maybeDeferred`` chains; profiled, that is about as much as all of
+twisted.web's HTTP parsing.  Routes without variables (``/data``,
+``/healthz`` ...) need none of it: their path is a dictionary key.
+
+:class:`FastKleinResource` keeps Klein as the framework (routes, methods and
+error handlers are declared with Klein, and the table is built from Klein's
+own ``url_map``) and answers the static routes directly.  Anything else (a
+path that is not a static route, a method the route does not allow, a route
+with variables) goes through Klein's full render unchanged, so 404s, 405s and
+dynamic routes behave exactly as Klein makes them.
+
+A static route's handler may answer ``bytes``, ``str`` or a ``Deferred`` of
+them; other results (Klein ``Response`` objects, resources, templates) are
+for Klein's full path and are reported as an error here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from klein import Klein
+from klein.resource import KleinResource
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.server import NOT_DONE_YET
+
+_log = Logger()
+
+
+def static_routes(app: Klein) -> dict[bytes, tuple[str, frozenset[bytes]]]:
+    """``{path: (endpoint, allowed methods)}`` for the app's routes without variables."""
+    table: dict[bytes, tuple[str, frozenset[bytes]]] = {}
+    for rule in app.url_map.iter_rules():
+        if rule.arguments or rule.host or "<" in rule.rule:
+            continue
+        methods = frozenset(m.encode("ascii") for m in (rule.methods or ()))
+        if not methods:
+            continue  # a rule for every method: leave it to Klein
+        table[rule.rule.encode("utf-8")] = (rule.endpoint, methods)
+    return table
+
+
+def _gone(request: IRequest) -> bool:
+    # ``_disconnected`` is the flag Request.finish checks before refusing.
+    return bool(request.finished or getattr(request, "_disconnected", False))
+
+
+def _write_whole(request: IRequest, body: bytes) -> None:
+    # As twisted.web does for a body answered at once: with its length, not chunked.
+    request.setHeader(b"content-length", b"%d" % len(body))
+    request.write(body)
+    request.finish()
+
+
+class FastKleinResource(KleinResource):
+    """``KleinResource`` that answers static routes without werkzeug matching."""
+
+    def __init__(self, app: Klein) -> None:
+        super().__init__(app)
+        self._static = static_routes(app)
+
+    def render(self, request: IRequest) -> Any:
+        route = self._static.get(request.path)
+        if route is None or request.method not in route[1]:
+            return super().render(request)
+        endpoint = route[0]
+        app = self._app
+        try:
+            result = app.execute_endpoint(endpoint, request)
+        except Exception:
+            return self._failed(Failure(), request, app._error_handlers)
+        if isinstance(result, bytes):
+            return result  # twisted.web sets Content-Length, writes and finishes
+        if isinstance(result, str):
+            return result.encode("utf-8")
+        if isinstance(result, Deferred):
+            if result.called:
+                # Already answered: no need to hold the request open.
+                outcome: list[Any] = []
+                result.addBoth(outcome.append)
+                value = outcome[0]
+                if isinstance(value, Failure):
+                    return self._failed(value, request, app._error_handlers)
+                return self._body(value, request)
+            request.pendingWork = result  # cancelled if the client goes away
+            result.addCallbacks(self._write, self._async_failed, callbackArgs=(request,),
+                                errbackArgs=(request,))
+            return NOT_DONE_YET
+        return self._failed(
+            Failure(TypeError(f"route {endpoint!r} answered {type(result).__name__}; "
+                              "static routes answer bytes, str or a Deferred of them")),
+            request, app._error_handlers,
+        )
+
+    @staticmethod
+    def _body(value: Any, request: IRequest) -> bytes:
+        if isinstance(value, str):
+            return value.encode("utf-8")
+        if isinstance(value, bytes):
+            return value
+        raise TypeError(f"a static route answered {type(value).__name__}")
+
+    def _write(self, value: Any, request: IRequest) -> None:
+        request.pendingWork = None
+        if _gone(request):
+            return
+        try:
+            body = self._body(value, request)
+        except TypeError:
+            self._async_failed(Failure(), request)
+            return
+        _write_whole(request, body)
+
+    def _async_failed(self, failure: Failure, request: IRequest) -> None:
+        request.pendingWork = None
+        if _gone(request):
+            if not failure.check(CancelledError):
+                _log.failure("Error after the client went away", failure)
+            return
+        body = self._failed(failure, request, self._app._error_handlers)
+        if body is not NOT_DONE_YET:
+            _write_whole(request, body)
+
+    def _failed(self, failure: Failure, request: IRequest, handlers: list[Any]) -> Any:
+        """Klein's error handlers, in order, as Klein's own render runs them."""
+        for exceptions, handler in handlers:
+            if failure.check(*exceptions):
+                try:
+                    result = self._app.execute_error_handler(handler, request, failure)
+                except Exception:
+                    failure = Failure()
+                    continue
+                if isinstance(result, Deferred):
+                    result.addCallbacks(self._write, self._async_failed, callbackArgs=(request,),
+                                        errbackArgs=(request,))
+                    return NOT_DONE_YET
+                return self._body(result, request)
+        request.processingFailed(failure)
+        return NOT_DONE_YET
