@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"loadgen: {e}\n")
         return EXIT_ERROR
     except ValueError as e:
-        sys.stderr.write(f"loadgen: {str(e).splitlines()[0] if str(e) else e!r}\n")
+        message = str(e).splitlines()[0] if str(e) else repr(e)
+        sys.stderr.write(f"loadgen: {message}\n")
         return EXIT_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("loadgen: interrupted\n")
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _plan(args: argparse.Namespace, rate: float | None, concurrency: int | None, duration: float,
@@ -275,8 +276,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _finish(args: argparse.Namespace, result: Any, slos: list[Any], step_for_slo: Any) -> int:
-    from loadgen.report import render
-
     failed = False
     if slos:
         if step_for_slo is None:
@@ -286,6 +285,8 @@ def _finish(args: argparse.Namespace, result: Any, slos: list[Any], step_for_slo
         failed = not all(v["pass"] for v in result.slo)
     if args.out:
         result.dump(args.out)
+    from loadgen.report import render
+
     sys.stdout.write(render(result, "text"))
     for step in result.steps:
         if step.saturated:

@@ -1,0 +1,129 @@
+"""The load generator's hot path: HTTP/1.1 connections driven directly.
+
+treq is the client API everywhere else in loadgen (scraping, readiness).  For
+the requests under test it is bypassed, on the profile's word: treq's
+``HTTPClient.request`` (URL building with hyperlink, header merging, the
+cookie jar), ``Agent`` (endpoint and pool lookups per request, a wrapping
+protocol in the data path) and ``readBody`` cost several times what
+twisted.web's own HTTP/1.1 client protocol does.  Here each connection is an
+:class:`~twisted.web._newclient.HTTP11ClientProtocol` made by
+``connectTCP`` to an address resolved once, and each request is a prepared
+:class:`~twisted.web._newclient.Request` whose bytes are built once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IConnector, IReactorTCP
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.python.failure import Failure
+from twisted.web._newclient import HTTP11ClientProtocol, Request, ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+
+
+class PreparedRequest(Request):
+    """A GET whose request head is serialised once and written as one buffer."""
+
+    def __init__(self, path: bytes, host: bytes, extra_headers: list[tuple[bytes, bytes]], persistent: bool):
+        headers = Headers({b"host": [host]})
+        for name, value in extra_headers:
+            headers.addRawHeader(name, value)
+        super().__init__(b"GET", path, headers, None, persistent)
+        lines = [b"GET " + path + b" HTTP/1.1\r\n", b"Host: " + host + b"\r\n"]
+        if not persistent:
+            lines.append(b"Connection: close\r\n")
+        lines += [name + b": " + value + b"\r\n" for name, value in extra_headers]
+        lines.append(b"\r\n")
+        self._bytes = b"".join(lines)
+
+    def writeTo(self, transport: Any) -> Deferred[None]:
+        transport.write(self._bytes)
+        return succeed(None)
+
+
+class _BodyDrain(Protocol):
+    """Reads a response body, keeping only its length, and fires when it ends."""
+
+    __slots__ = ("length", "done")
+
+    def __init__(self, done: Callable[[int, Failure | None], None]) -> None:
+        self.length = 0
+        self.done = done
+
+    def dataReceived(self, data: bytes) -> None:
+        self.length += len(data)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done(self.length, None)
+        else:
+            self.done(self.length, reason)
+
+
+class Connection(HTTP11ClientProtocol):
+    """One client connection; tells its owner when it is up, idle again, and gone."""
+
+    def __init__(self, owner: ConnectionOwner) -> None:
+        super().__init__(quiescentCallback=owner.connection_idle)
+        self.owner = owner
+        self.connected_at = 0.0
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.owner.connection_made(self)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        super().connectionLost(reason)
+        self.owner.connection_lost(self, reason)
+
+    def get(self, request: PreparedRequest, done: Callable[[int, int, Failure | None], None]) -> None:
+        """Send ``request``; ``done(status, body_length, failure)`` once the response has ended."""
+        d = self.request(request)
+
+        def got_response(response: Any) -> None:
+            code = response.code
+            response.deliverBody(_BodyDrain(lambda length, failure: done(code, length, failure)))
+
+        d.addCallbacks(got_response, lambda failure: done(0, 0, failure))
+
+
+class ConnectionOwner:
+    """What a :class:`Connection` reports to (the engine implements it)."""
+
+    def connection_made(self, connection: Connection) -> None:
+        raise NotImplementedError
+
+    def connection_idle(self, connection: Connection) -> None:
+        raise NotImplementedError
+
+    def connection_lost(self, connection: Connection, reason: Failure) -> None:
+        raise NotImplementedError
+
+    def connect_failed(self, connection: Connection, reason: Failure) -> None:
+        raise NotImplementedError
+
+
+class _OneConnectionFactory(ClientFactory):
+    """Builds exactly one :class:`Connection` and reports a failed connect."""
+
+    noisy = False  # one factory per connection: no "Starting factory" log lines
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def buildProtocol(self, addr: Any) -> Connection:
+        return self.connection
+
+    def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
+        self.connection.owner.connect_failed(self.connection, reason)
+
+
+def connect(reactor: IReactorTCP, host: str, port: int, owner: ConnectionOwner, timeout: float) -> Connection:
+    """Start connecting a new :class:`Connection` to an address (no name lookup here)."""
+    connection = Connection(owner)
+    reactor.connectTCP(host, port, _OneConnectionFactory(connection), timeout=timeout)
+    return connection

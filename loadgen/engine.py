@@ -1,0 +1,431 @@
+"""The attacker: fires requests on the open or closed model and records what happened.
+
+Open model (``rate``): request *n* is due at ``start + pacer.intended(n)``
+whatever the server does; latency is measured from that intended start
+(coordinated omission corrected) and service time from the actual send.  In
+flight is bounded by ``max_in_flight``: a due request that finds it full
+waits, is counted as *missed*, and marks the step saturated, while its
+latency still runs from its intended start.
+
+Closed model (``concurrency``): N users, each sending its next request when
+the previous one is answered; the intended start is the actual start.
+
+Keep-alive never holds more connections than the concurrency (closed) or
+``max_in_flight`` (open); ``close`` opens one connection per request and sends
+``Connection: close``.  Every figure goes into an HdrHistogram; nothing keeps
+per-request lists.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import error as ierror
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.python.failure import Failure
+from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
+
+from loadgen._client import Connection, ConnectionOwner, PreparedRequest, connect
+from loadgen.pacer import ConstantPacer
+from loadgen.results import ERROR_KINDS, StepResult
+from loadgen.stats import LatencyHistogram
+
+# The reactor's timers have 1 ms resolution (epoll_wait rounds its timeout
+# up to whole milliseconds), so a timer for time T fires somewhere in
+# [T, T + 1 ms).  Rather than send every request up to 1 ms late, the pacer
+# wakes up to 1 ms early and sends what is due within that window: requests
+# leave within about +-0.5 ms of their intended start.  A request sent early
+# never counts less than its own service time (see _record).
+TIMER_RESOLUTION_S = 0.001
+# How often in-flight requests are checked against their deadline.
+_TIMEOUT_SWEEP_S = 0.05
+# Schedule lag p99 above which the generator, not the server, is suspect.
+SATURATION_LAG_MS = 10.0
+SATURATION_CPU_PERCENT = 95.0
+
+
+@dataclass
+class Target:
+    """Where requests go: an address resolved once, and the request to send."""
+
+    address: str  # an IP literal: no name lookups on the hot path
+    port: int
+    host_header: bytes
+    path: bytes
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    """One step of load: the model, its size, and how long."""
+
+    model: str  # "open" | "closed"
+    duration: float
+    rate: float | None = None
+    concurrency: int | None = None
+    warmup: float = 0.0
+    connection: str = "keep-alive"  # | "close"
+    timeout: float = 10.0
+    max_in_flight: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.model == "open" and not (self.rate and self.rate > 0):
+            raise ValueError("--rate must be a positive number")
+        if self.model == "closed" and not (self.concurrency and self.concurrency > 0):
+            raise ValueError("--concurrency must be a positive integer")
+        if self.duration <= 0:
+            raise ValueError("--duration must be positive")
+        if self.max_in_flight < 1:
+            raise ValueError("--max-in-flight must be a positive integer")
+
+    @property
+    def connection_cap(self) -> int:
+        return self.concurrency if self.model == "closed" else self.max_in_flight  # type: ignore[return-value]
+
+
+def classify(failure: Failure | None, status: int) -> str | None:
+    """The error kind of one request (``None`` for a success)."""
+    if failure is None:
+        if status >= 500:
+            return "http_5xx"
+        if status >= 400:
+            return "http_4xx"
+        return None
+    if failure.check(ierror.ConnectionRefusedError):
+        return "connect_refused"
+    if failure.check(ierror.TimeoutError, ierror.TCPTimedOutError):
+        return "connect_timeout"
+    if failure.check(ResponseFailed, ResponseNeverReceived):
+        reasons = getattr(failure.value, "reasons", [])
+        if any(r.check(ierror.ConnectionDone, ierror.ConnectionLost, ierror.ConnectionAborted) for r in reasons):
+            return "reset"
+    if failure.check(ierror.ConnectionLost, ierror.ConnectionDone, ierror.ConnectionAborted, ConnectionResetError):
+        return "reset"
+    return "other"
+
+
+class _Recorder:
+    """Counts and histograms of one measured window."""
+
+    def __init__(self, connect: bool) -> None:
+        self.latency = LatencyHistogram()
+        self.service = LatencyHistogram()
+        self.connect = LatencyHistogram() if connect else None
+        self.lag = LatencyHistogram()
+        self.requests = 0
+        self.ok = 0
+        self.errors = dict.fromkeys(ERROR_KINDS, 0)
+        self.missed = 0
+        self.first_intended: float | None = None
+        self.last_done = 0.0
+
+
+class Engine(ConnectionOwner):
+    """Runs one :class:`Plan` against one :class:`Target` and answers a :class:`StepResult`."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        target: Target,
+        plan: Plan,
+        *,
+        now: Callable[[], float] = time.monotonic,
+        cpu: Callable[[], float] = time.process_time,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.target = target
+        self.plan = plan
+        self.now = now
+        self.cpu = cpu
+        self.progress = progress
+        self.close_mode = plan.connection == "close"
+        self.request = PreparedRequest(target.path, target.host_header, target.headers, not self.close_mode)
+        self.pacer = ConstantPacer(plan.rate) if plan.model == "open" else None
+        self.cap = plan.connection_cap
+        # connection bookkeeping
+        self.idle: list[Connection] = []
+        self.open = 0
+        self.connecting = 0
+        self.opened = 0
+        self.busy: dict[Connection, tuple[float, float, float]] = {}  # conn -> (intended, sent, deadline)
+        # attempts admitted (in flight) but not yet sent: intended start times
+        self.pending: deque[float] = deque()
+        # open model: due starts that found max_in_flight full
+        self.waiting: deque[float] = deque()
+        self.in_flight = 0
+        self.started = 0  # open model: requests started on the schedule so far
+        self.users_active = 0
+        self.rec = _Recorder(self.close_mode)
+        self._tick_call: IDelayedCall | None = None
+        self._sweep_call: IDelayedCall | None = None
+        self._progress_call: IDelayedCall | None = None
+        self._stopping = False
+        self._done: Deferred[StepResult] | None = None
+
+    # -- running ---------------------------------------------------------
+
+    def run(self) -> Deferred[StepResult]:
+        """Start the step; the Deferred fires with its result once in-flight requests are done."""
+        self._done = Deferred()
+        self.t0 = self.now()
+        self.measure_from = self.t0 + self.plan.warmup
+        self.end = self.measure_from + self.plan.duration
+        self.cpu0 = self.cpu()
+        self._sweep_call = self.reactor.callLater(_TIMEOUT_SWEEP_S, self._sweep)
+        if self.progress is not None:
+            self._progress_call = self.reactor.callLater(1.0, self._report_progress)
+        self._end_call = self.reactor.callLater(self.end - self.now(), self._finish_schedule)
+        if self.pacer is not None:
+            self._tick()
+        else:
+            for _ in range(self.plan.concurrency or 0):
+                self.users_active += 1
+                self._admit(self.now())
+        return self._done
+
+    def _tick(self) -> None:
+        """Start every request that is due by now; sleep until the next one is."""
+        self._tick_call = None
+        if self._stopping:
+            return
+        now = self.now()
+        pacer = self.pacer
+        assert pacer is not None
+        due = pacer.count_until(now - self.t0 + TIMER_RESOLUTION_S)
+        last = pacer.count_until(self.end - self.t0 - 1e-9)
+        due = min(due, last)
+        measure_from = self.measure_from
+        rec = self.rec
+        while self.started < due:
+            intended = self.t0 + pacer.intended(self.started)
+            self.started += 1
+            if intended >= measure_from:
+                rec.lag.record_ms(max(0.0, now - intended) * 1000.0)
+            if self.in_flight < self.cap:
+                self._admit(intended)
+            else:
+                self.waiting.append(intended)
+                if intended >= measure_from:
+                    rec.missed += 1
+        if self.started < last:
+            delay = self.t0 + pacer.intended(self.started) - TIMER_RESOLUTION_S - self.now()
+            self._tick_call = self.reactor.callLater(max(0.0, delay), self._tick)
+
+    def _admit(self, intended: float) -> None:
+        self.in_flight += 1
+        if self.close_mode:
+            conn = connect(self.reactor, self.target.address, self.target.port, self, self.plan.timeout)
+            conn.attempt = intended  # type: ignore[attr-defined]
+            conn.connect_started = self.now()  # type: ignore[attr-defined]
+            self.connecting += 1
+            self.opened += 1
+            return
+        self.pending.append(intended)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Keep-alive: send pending requests on idle connections, open more up to the cap."""
+        pending, idle = self.pending, self.idle
+        while pending and idle:
+            self._send(idle.pop(), pending.popleft())
+        need = len(pending) - self.connecting
+        while need > 0 and self.open + self.connecting < self.cap:
+            connect(self.reactor, self.target.address, self.target.port, self, self.plan.timeout)
+            self.connecting += 1
+            self.opened += 1
+            need -= 1
+
+    def _send(self, conn: Connection, intended: float) -> None:
+        sent = self.now()
+        self.busy[conn] = (intended, sent, sent + self.plan.timeout)
+        conn.get(self.request, lambda status, length, failure: self._completed(conn, intended, sent, status, failure))
+
+    def _completed(self, conn: Connection, intended: float, sent: float, status: int, failure: Failure | None) -> None:
+        now = self.now()
+        self.busy.pop(conn, None)
+        self.in_flight -= 1
+        if getattr(conn, "timed_out", False):
+            kind: str | None = "timeout"
+        else:
+            kind = classify(failure, status)
+        self._record(intended, sent, now, kind)
+        self._next(now)
+
+    def _record(self, intended: float, sent: float | None, now: float, kind: str | None) -> None:
+        if intended < self.measure_from:
+            return
+        rec = self.rec
+        rec.requests += 1
+        if rec.first_intended is None:
+            rec.first_intended = intended
+        rec.last_done = max(rec.last_done, now)
+        if kind is None:
+            rec.ok += 1
+            # From the intended start; from the send if it left early (never below service time).
+            start = intended if sent is None or sent > intended else sent
+            rec.latency.record_ms((now - start) * 1000.0)
+            if sent is not None:
+                rec.service.record_ms((now - sent) * 1000.0)
+        else:
+            rec.errors[kind] += 1
+
+    def _next(self, now: float) -> None:
+        """A slot freed: start what waits for it (open) or the user's next request (closed)."""
+        if self.pacer is not None:
+            if self.waiting and self.in_flight < self.cap:
+                self._admit(self.waiting.popleft())
+            elif not self.close_mode:
+                self._pump()
+        elif not self._stopping:
+            self._admit(now)
+        else:
+            self.users_active -= 1
+        self._maybe_done()
+
+    # -- connection events (ConnectionOwner) -----------------------------
+
+    def connection_made(self, conn: Connection) -> None:
+        self.connecting -= 1
+        self.open += 1
+        if self.close_mode:
+            intended = conn.attempt  # type: ignore[attr-defined]
+            now = self.now()
+            if intended >= self.measure_from and self.rec.connect is not None:
+                self.rec.connect.record_ms((now - conn.connect_started) * 1000.0)  # type: ignore[attr-defined]
+            self._send(conn, intended)
+        else:
+            self.idle.append(conn)
+            self._pump()
+
+    def connection_idle(self, conn: Connection) -> None:
+        # Called inside the protocol before the response's end reaches us:
+        # only mark it idle here; _completed sends the next request.
+        if self.close_mode or self._stopping:
+            conn.transport.loseConnection()
+            return
+        self.idle.append(conn)
+
+    def connection_lost(self, conn: Connection, reason: Failure) -> None:
+        self.open -= 1
+        if conn in self.idle:
+            self.idle.remove(conn)
+        self._maybe_done()
+        if not self.close_mode and not self._stopping:
+            self.reactor.callLater(0, self._pump)
+
+    def connect_failed(self, conn: Connection, reason: Failure) -> None:
+        self.connecting -= 1
+        now = self.now()
+        if self.close_mode:
+            intended = conn.attempt  # type: ignore[attr-defined]
+        elif self.pending:
+            intended = self.pending.popleft()
+        else:
+            return
+        self.in_flight -= 1
+        self._record(intended, None, now, classify(reason, 0))
+        self._next(now)
+
+    # -- timeouts, progress, the end ------------------------------------
+
+    def _sweep(self) -> None:
+        now = self.now()
+        for conn, (_, _, deadline) in list(self.busy.items()):
+            if now > deadline and conn.transport is not None:
+                conn.timed_out = True  # type: ignore[attr-defined]
+                conn.transport.abortConnection()
+        if self._done is not None and not self._done.called:
+            self._sweep_call = self.reactor.callLater(_TIMEOUT_SWEEP_S, self._sweep)
+
+    def _report_progress(self) -> None:
+        rec = self.rec
+        elapsed = max(1e-9, self.now() - self.measure_from)
+        self.progress({  # type: ignore[misc]
+            "elapsed_s": max(0.0, elapsed),
+            "duration_s": self.plan.duration,
+            "achieved_rps": rec.ok / elapsed if elapsed > 0 else 0.0,
+            "p99_ms": rec.latency.summary()["p99"],
+            "errors": sum(rec.errors.values()),
+            "in_flight": self.in_flight,
+        })
+        self._progress_call = self.reactor.callLater(1.0, self._report_progress)
+
+    def _finish_schedule(self) -> None:
+        """The step's time is up: start nothing new; wait for what is in flight (up to the timeout)."""
+        self._stopping = True
+        if self._tick_call is not None and self._tick_call.active():
+            self._tick_call.cancel()
+        # Due starts still waiting for a slot will never be sent: count them as timeouts.
+        now = self.now()
+        while self.waiting:
+            self._record(self.waiting.popleft(), None, now, "timeout")
+        for conn in list(self.idle):
+            conn.transport.loseConnection()
+        self._drain_call = self.reactor.callLater(self.plan.timeout + 1.0, self._abandon)
+        self._maybe_done()
+
+    def _abandon(self) -> None:
+        now = self.now()
+        for conn in list(self.busy):
+            conn.timed_out = True  # type: ignore[attr-defined]
+            if conn.transport is not None:
+                conn.transport.abortConnection()
+        while self.pending:
+            self.in_flight -= 1
+            self._record(self.pending.popleft(), None, now, "timeout")
+        self._maybe_done(force=True)
+
+    def _maybe_done(self, force: bool = False) -> None:
+        if not self._stopping or self._done is None or self._done.called:
+            return
+        if self.in_flight > 0 and not force:
+            return
+        if self.open > 0 and not force:
+            for conn in list(self.idle):
+                conn.transport.loseConnection()
+            return
+        for call in (self._sweep_call, self._progress_call, getattr(self, "_drain_call", None)):
+            if call is not None and call.active():
+                call.cancel()
+        self._done.callback(self._result())
+
+    def _result(self) -> StepResult:
+        rec = self.rec
+        cpu_s = self.cpu() - self.cpu0
+        wall = max(1e-9, self.now() - self.t0)
+        duration = self.plan.duration
+        if rec.first_intended is not None:
+            duration = max(duration, rec.last_done - self.measure_from)
+        lag_p99 = rec.lag.summary()["p99"]
+        cpu_percent = 100.0 * cpu_s / wall
+        saturated = rec.missed > 0 or lag_p99 > SATURATION_LAG_MS or cpu_percent > SATURATION_CPU_PERCENT
+        return StepResult(
+            offered_rps=self.plan.rate if self.plan.model == "open" else None,
+            concurrency=self.plan.concurrency if self.plan.model == "closed" else None,
+            duration_s=round(duration, 6),
+            requests=rec.requests,
+            ok=rec.ok,
+            errors={k: v for k, v in rec.errors.items() if v},
+            achieved_rps=rec.ok / duration,
+            latency_ms=rec.latency.summary(),
+            service_time_ms=rec.service.summary(),
+            connect_ms=rec.connect.summary() if rec.connect is not None else None,
+            generator={
+                "schedule_lag_ms_p99": lag_p99,
+                "cpu_percent": round(cpu_percent, 1),
+                "saturated": saturated,
+                "missed": rec.missed,
+                "cpu_s": round(cpu_s, 4),
+            },
+            server=None,
+            histogram=rec.latency.encode(),
+            service_histogram=rec.service.encode(),
+            connect_histogram=rec.connect.encode() if rec.connect is not None else None,
+            connections_opened=self.opened,
+        )

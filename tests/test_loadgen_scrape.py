@@ -1,0 +1,79 @@
+"""Reading the server's metrics: the light exposition parser, histogram quantiles, step summaries."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from dataserv.metrics import Metrics
+from loadgen.scrape import ServerSample, histogram_quantile, parse_exposition, summarize
+
+
+def test_parse_reads_dataserv_exposition() -> None:
+    """The names loadgen needs, read from a real dataserv registry's exposition."""
+    metrics = Metrics(CollectorRegistry(), process_collectors=False)
+    for _ in range(3):
+        metrics.connection_made()
+    metrics.connection_lost()
+    metrics.requests_shed.labels("queue_full").inc(4)
+    metrics.requests_shed.labels("draining").inc(1)
+    metrics.work_queue_depth.set(7)
+    for value in (0.002, 0.004, 0.2):
+        metrics.request_finished("/data", b"GET", 200, value)
+    metrics.request_finished("/healthz", b"GET", 200, 5.0)
+    sample = parse_exposition(generate_latest(metrics.registry).decode(), t=1.5)
+    assert (sample.t, sample.accepted, sample.done, sample.open) == (1.5, 3.0, 1.0, 2.0)
+    assert (sample.queue_depth, sample.shed, sample.requests) == (7.0, 5.0, 3.0)
+    assert sample.backlog is None  # no listening socket registered: absent, not zero
+    assert dict(sample.duration_buckets)[0.0025] == 1.0
+    assert dict(sample.duration_buckets)[math.inf] == 3.0
+
+
+def test_parse_other_servers_leaves_everything_none() -> None:
+    sample = parse_exposition('# HELP x y\nhttp_requests_total{code="200"} 5\nfoo 1\n', t=0)
+    assert sample.accepted is None and sample.duration_buckets == []
+
+
+def test_parse_sums_listen_backlog_over_endpoints() -> None:
+    text = 'dataserv_listen_backlog{endpoint="0.0.0.0:1"} 3.0\ndataserv_listen_backlog{endpoint="[::]:1"} 4.0\n'
+    assert parse_exposition(text, t=0).backlog == 7.0
+
+
+@pytest.mark.parametrize(
+    ("q", "buckets", "expected"),
+    [
+        (0.5, [], None),
+        (0.5, [(1.0, 0.0), (math.inf, 0.0)], None),
+        (0.5, [(1.0, 10.0), (math.inf, 10.0)], 0.5),  # interpolated inside the first bucket
+        (0.99, [(0.1, 50.0), (0.2, 100.0), (math.inf, 100.0)], 0.198),
+        (0.99, [(0.1, 50.0), (math.inf, 100.0)], 0.1),  # rank in +Inf: the highest finite bound
+        (0.5, [(0.1, 0.0), (0.2, 10.0), (math.inf, 10.0)], 0.15),
+    ],
+)
+def test_histogram_quantile(q: float, buckets: list, expected: float | None) -> None:
+    got = histogram_quantile(q, buckets)
+    assert got == (None if expected is None else pytest.approx(expected))
+
+
+def test_summarize_rates_maxima_and_p99() -> None:
+    """Rates from the first and last scrape, maxima over all, p99 from the bucket deltas."""
+    samples = [
+        ServerSample(t=10.0, accepted=100, done=90, open=10, backlog=0, queue_depth=0, shed=0,
+                     duration_buckets=[(0.01, 100.0), (0.1, 100.0), (math.inf, 100.0)]),
+        ServerSample(t=11.0, accepted=300, done=250, open=50, backlog=20, queue_depth=40, shed=5,
+                     duration_buckets=[(0.01, 100.0), (0.1, 200.0), (math.inf, 200.0)]),
+        ServerSample(t=12.0, accepted=500, done=410, open=90, backlog=12, queue_depth=30, shed=25,
+                     duration_buckets=[(0.01, 100.0), (0.1, 300.0), (math.inf, 300.0)]),
+    ]
+    summary = summarize(samples)
+    assert summary["accepted_per_s"] == 200.0
+    assert summary["done_per_s"] == 160.0
+    assert summary["open_connections_max"] == 90
+    assert summary["listen_backlog_max"] == 20
+    assert summary["work_queue_depth_max"] == 40
+    assert summary["shed_per_s"] == 12.5
+    assert summary["p99_ms"] == pytest.approx(99.1)  # all 200 new observations in (0.01, 0.1]
+    assert [p["accepted_per_s"] for p in summary["timeseries"]] == [200.0, 200.0]
+    assert summarize(samples[:1]) is None
