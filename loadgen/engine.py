@@ -123,6 +123,8 @@ class _Recorder:
         self.missed = 0
         self.first_intended: float | None = None
         self.last_done = 0.0
+        self.first_ok_done: float | None = None
+        self.last_ok_done = 0.0
 
 
 class Engine(ConnectionOwner):
@@ -267,6 +269,9 @@ class Engine(ConnectionOwner):
         rec.last_done = max(rec.last_done, now)
         if kind is None:
             rec.ok += 1
+            if rec.first_ok_done is None:
+                rec.first_ok_done = now
+            rec.last_ok_done = now
             # From the intended start; from the send if it left early (never below service time).
             start = intended if sent is None or sent > intended else sent
             rec.latency.record_ms((now - start) * 1000.0)
@@ -395,6 +400,20 @@ class Engine(ConnectionOwner):
                 call.cancel()
         self._done.callback(self._result())
 
+    def _achieved(self, duration: float) -> float:
+        """Successful responses per second, from the spacing of their completions.
+
+        N completions spread over a span of (N - 1) / rate, whether the rate is
+        the offered one or the server's capacity; dividing by the step's
+        duration instead would either count a backlog served after the step as
+        throughput, or (dividing by the time to the last completion) charge a
+        short step one latency too many.
+        """
+        rec = self.rec
+        if rec.ok >= 2 and rec.first_ok_done is not None and rec.last_ok_done > rec.first_ok_done:
+            return (rec.ok - 1) / (rec.last_ok_done - rec.first_ok_done)
+        return rec.ok / duration
+
     def _result(self) -> StepResult:
         rec = self.rec
         cpu_s = self.cpu() - self.cpu0
@@ -412,7 +431,7 @@ class Engine(ConnectionOwner):
             requests=rec.requests,
             ok=rec.ok,
             errors={k: v for k, v in rec.errors.items() if v},
-            achieved_rps=rec.ok / duration,
+            achieved_rps=self._achieved(duration),
             latency_ms=rec.latency.summary(),
             service_time_ms=rec.service.summary(),
             connect_ms=rec.connect.summary() if rec.connect is not None else None,

@@ -159,3 +159,40 @@ def test_unreachable_port_gives_a_result_full_of_connect_refused(tmp_path: Path)
     step = run_step(tmp_path, f"http://127.0.0.1:{port}/", "--rate", "50", "--duration", "1s")
     assert step["ok"] == 0
     assert step["errors"] == {"connect_refused": 50}
+
+
+def test_sweep_finds_the_knee_stops_when_told_and_plots(tmp_path: Path, server_factory) -> None:
+    """A sweep over a 2-connection-capped 50 ms server: knee below the cap, --stop-when ends it, PNG written."""
+    server = server_factory("--delay-ms", "50")
+    out, plot = tmp_path / "sweep.json", tmp_path / "sweep.png"
+    # at most 4 in flight and 50 ms each: about 80 rps is the ceiling
+    result = loadgen("sweep", server.url, "--rates", "20:200:30", "--step-duration", "1s", "--max-in-flight", "4",
+                     "--stop-when", "p99>400ms", "--out", str(out), "--plot", str(plot), "--quiet")
+    data = json.loads(out.read_text())
+    offered = [s["offered_rps"] for s in data["steps"]]
+    assert offered[:3] == [20, 50, 80]
+    assert len(offered) < 7  # stopped before the last rate
+    assert data["steps"][-1]["latency_ms"]["p99"] > 400
+    assert data["knee"] is not None and 20 <= data["knee"]["rps"] <= 80
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "knee:" in result.stdout
+
+
+def test_failing_slo_exits_3_and_says_which(tmp_path: Path, server_factory) -> None:
+    server = server_factory("--delay-ms", "5")
+    out = tmp_path / "r.json"
+    result = loadgen("run", server.url, "--rate", "50", "--duration", "1s", "--slo", "p99<1ms",
+                     "--slo", "error_rate<1%", "--out", str(out), "--quiet", check=False)
+    assert result.returncode == 3
+    assert "SLO p99<1ms: FAIL" in result.stdout and "SLO error_rate<1%: PASS" in result.stdout
+    assert [s["pass"] for s in json.loads(out.read_text())["slo"]] == [False, True]
+
+
+def test_procs_share_the_rate_and_merge(tmp_path: Path, server_factory) -> None:
+    """--procs 2 at 200 rps: two generators, 100 rps each, merged into one step of 400 requests."""
+    server = server_factory("--delay-ms", "2")
+    step = run_step(tmp_path, server.url, "--rate", "200", "--duration", "2s", "--procs", "2")
+    assert step["ok"] == step["requests"] == 400
+    assert step["offered_rps"] == pytest.approx(200)
+    assert abs(step["achieved_rps"] - 200) / 200 <= 0.03
+    assert server.stats()["max_open"] >= 2  # both processes connected
