@@ -329,49 +329,24 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 def _run_reactor(target: Any, plans: list[Any], scrape_url: str | None, *, quiet: bool,
                  stop_when: list[Any] | None = None, start_at: float | None = None) -> list[Any]:
     """Run ``plans`` one after another on the global reactor; answer their StepResults."""
-    from twisted.internet import reactor
-    from twisted.internet.defer import ensureDeferred
     from twisted.internet.task import deferLater
 
-    from loadgen.engine import Engine
     from loadgen.progress import Progress
-    from loadgen.scrape import Scraper
+    from loadgen.runner import RunFailed, react, run_steps
 
-    steps: list[Any] = []
-    outcome: dict[str, Any] = {}
     progress = Progress(enabled=not quiet and sys.stderr.isatty())
 
-    async def go() -> None:
+    async def go(reactor: Any) -> list[Any]:
         if start_at is not None:
             await deferLater(reactor, max(0.0, start_at - time.time()), lambda: None)
-        for i, plan in enumerate(plans):
-            scraper = Scraper(reactor, scrape_url) if scrape_url else None
-            if scraper is not None:
-                await scraper.start()
-            progress.start_step(i + 1, len(plans), plan)
-            step = await Engine(reactor, target, plan, progress=progress.update).run()
-            if scraper is not None:
-                summary = await scraper.stop()
-                if summary is not None:
-                    step.timeseries = summary.pop("timeseries")
-                step.server = summary
-            progress.end_step(step)
-            steps.append(step)
-            if stop_when and any(s.holds(step) for s in stop_when):
-                break
+        return await run_steps(reactor, target, plans, scrape_url, progress=progress, stop_when=stop_when)
 
-    def done(result: Any) -> None:
-        if hasattr(result, "value") and hasattr(result, "getTraceback"):
-            outcome["error"] = result
-        reactor.stop()
-
-    reactor.callWhenRunning(lambda: ensureDeferred(go()).addBoth(done))
-    reactor.run(installSignalHandlers=True)
-    progress.close()
-    if "error" in outcome:
-        failure = outcome["error"]
-        raise UsageError(f"run failed: {failure.getErrorMessage()}")
-    return steps
+    try:
+        return react(go)
+    except RunFailed as e:
+        raise UsageError(f"run failed: {e}") from None
+    finally:
+        progress.close()
 
 
 def _run_procs(args: argparse.Namespace, duration: float, warmup: float) -> Any:
