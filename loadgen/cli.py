@@ -184,6 +184,27 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=("text", "json", "csv", "markdown"), default="text")
     report.add_argument("--plot", metavar="FILE.png")
 
+    compare = sub.add_parser("compare", help="start dataserv in each configuration, sweep it, report")
+    compare.add_argument("--dispatch", default="inline,threads,processes", help="comma list (default all three)")
+    compare.add_argument("--work-kind", default="pbkdf2,python", help="comma list (default pbkdf2,python)")
+    compare.add_argument("--connection", help="comma list for every configuration (default: keep-alive, plus "
+                                              "close for inline and threads with pbkdf2)")
+    compare.add_argument("--work-ms", type=float, default=4.0, help="CPU time per request (default 4)")
+    compare.add_argument("--pool-size", type=int, default=os.cpu_count() or 1, help="default: the CPU count")
+    compare.add_argument("--fractions", default=",".join(f"{f:g}" for f in (0.25, 0.5, 0.7, 0.85, 1.0, 1.15, 1.3)),
+                         help="sweep steps as fractions of each ceiling")
+    compare.add_argument("--step-duration", default="2s", help="time at each step (default 2s)")
+    compare.add_argument("--overload", type=float, default=1.5, help="overload step at this x the knee (1.5)")
+    compare.add_argument("--overload-duration", default="4s", help="(default 4s)")
+    compare.add_argument("--stop-when", default="p99>1s", help="end a sweep early (default 'p99>1s')")
+    compare.add_argument("--peers", action="store_true",
+                         help="also sweep the peer servers of bench/peers (aiohttp, FastAPI, bare twisted.web)")
+    compare.add_argument("--peers-dir", default="bench/peers", help="where the peer servers are")
+    compare.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                         help="extra option for every dataserv started, e.g. --server-arg=--max-queue=0; repeatable")
+    compare.add_argument("--out-dir", required=True, metavar="DIR")
+    compare.add_argument("--quiet", action="store_true")
+
     merge = sub.add_parser("merge", help="combine result files of generators that ran the same plan")
     merge.add_argument("files", nargs="+")
     merge.add_argument("--out", required=True)
@@ -196,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"run": _cmd_run, "sweep": _cmd_sweep, "report": _cmd_report, "merge": _cmd_merge}[args.command](args)
+        commands = {"run": _cmd_run, "sweep": _cmd_sweep, "report": _cmd_report, "merge": _cmd_merge,
+                    "compare": _cmd_compare}
+        return commands[args.command](args)
     except UsageError as e:
         sys.stderr.write(f"loadgen: {e}\n")
         return EXIT_ERROR
@@ -312,6 +335,68 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.plot:
         plot_sweep(result, args.plot)
     return 0
+
+
+def _csv(text: str, option: str, allowed: tuple[str, ...]) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in allowed]
+    if not values or bad:
+        raise UsageError(f"{option} takes a comma list of {', '.join(allowed)}; got {text!r}")
+    return values
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from loadgen.compare import Settings, default_configurations, run_compare, write_outputs
+    from loadgen.progress import Progress
+    from loadgen.runner import RunFailed, react
+
+    dispatches = _csv(args.dispatch, "--dispatch", ("inline", "threads", "processes"))
+    kinds = _csv(args.work_kind, "--work-kind", ("pbkdf2", "python"))
+    connections = _csv(args.connection, "--connection", ("keep-alive", "close")) if args.connection else None
+    if not args.work_ms > 0:
+        raise UsageError(f"--work-ms must be a positive number, got {args.work_ms:g}")
+    _positive_int("--pool-size", args.pool_size)
+    try:
+        fractions = tuple(float(f) for f in args.fractions.split(","))
+    except ValueError:
+        raise UsageError(f"--fractions must be a comma list of numbers, got {args.fractions!r}") from None
+    if not fractions or any(f <= 0 for f in fractions):
+        raise UsageError(f"--fractions must be positive, got {args.fractions!r}")
+    if not args.overload > 0:
+        raise UsageError(f"--overload must be positive, got {args.overload:g}")
+    _parse_slos([args.stop_when], "--stop-when")
+    settings = Settings(fractions=fractions, step_duration=parse_duration(args.step_duration, "--step-duration"),
+                        overload=args.overload,
+                        overload_duration=parse_duration(args.overload_duration, "--overload-duration"),
+                        stop_when=args.stop_when)
+    configs = default_configurations(dispatches, kinds, connections, args.pool_size, args.work_ms)
+    for config in configs:
+        config.extra_args = list(args.server_arg)
+    peers = None
+    if args.peers:
+        from loadgen.peers import find_peers
+
+        peers = find_peers(Path(args.peers_dir))
+    out_dir = Path(args.out_dir)
+    progress = Progress(enabled=not args.quiet and sys.stderr.isatty())
+    try:
+        document = react(lambda reactor: run_compare(reactor, configs, settings, out_dir, progress, peers))
+    except RunFailed as e:
+        raise UsageError(f"compare failed: {e}") from None
+    finally:
+        progress.close()
+    paths = write_outputs(document, out_dir)
+    from loadgen.compare_report import knee_rows
+
+    for row in knee_rows(document):
+        knee = f"{row['knee_rps']:.1f}" if row["knee_rps"] else "-"
+        status = f"  FAILED: {row['error']}" if row["error"] else ""
+        sys.stdout.write(f"{row['name']:<28} ceiling {row['ceiling_rps']:8.1f}  knee {knee:>8}{status}\n")
+    sys.stdout.write("wrote " + ", ".join(str(p) for p in paths) + "\n")
+    failed = [e for e in document["configurations"] if e.get("error")]
+    return EXIT_ERROR if failed and len(failed) == len(document["configurations"]) else 0
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:

@@ -139,8 +139,10 @@ class Engine(ConnectionOwner):
         now: Callable[[], float] = time.monotonic,
         cpu: Callable[[], float] = time.process_time,
         progress: Callable[[dict[str, Any]], None] | None = None,
+        on_schedule_end: Callable[[], None] | None = None,
     ) -> None:
         self.reactor = reactor
+        self.on_schedule_end = on_schedule_end
         self.target = target
         self.plan = plan
         self.now = now
@@ -366,6 +368,8 @@ class Engine(ConnectionOwner):
         self._stopping = True
         if self._tick_call is not None and self._tick_call.active():
             self._tick_call.cancel()
+        if self.on_schedule_end is not None:
+            self.on_schedule_end()
         # Due starts still waiting for a slot will never be sent: count them as timeouts.
         now = self.now()
         while self.waiting:

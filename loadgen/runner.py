@@ -19,6 +19,7 @@ async def run_steps(
     *,
     progress: Any = None,
     stop_when: list[Any] | None = None,
+    scrape_interval: float = 1.0,
 ) -> list[StepResult]:
     """Run ``plans`` one after another, each scraped when ``scrape_url`` is given.
 
@@ -26,12 +27,13 @@ async def run_steps(
     """
     steps: list[StepResult] = []
     for i, plan in enumerate(plans):
-        scraper = Scraper(reactor, scrape_url) if scrape_url else None
+        scraper = Scraper(reactor, scrape_url, interval=scrape_interval) if scrape_url else None
         if scraper is not None:
             await scraper.start()
         if progress is not None:
             progress.start_step(i + 1, len(plans), plan)
-        step = await Engine(reactor, target, plan, progress=progress.update if progress else None).run()
+        step = await Engine(reactor, target, plan, progress=progress.update if progress else None,
+                            on_schedule_end=scraper.mark_load_end if scraper is not None else None).run()
         if scraper is not None:
             summary = await scraper.stop()
             if summary is not None:

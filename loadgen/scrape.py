@@ -36,14 +36,17 @@ class ServerSample:
     queue_depth: float | None = None
     shed: float | None = None
     requests: float | None = None
-    # cumulative (le, count) of request_duration_seconds for ROUTE
+    work_iterations: float | None = None
+    # cumulative (le, count) of request_duration_seconds for ROUTE, and of reactor_lag_seconds
     duration_buckets: list[tuple[float, float]] = field(default_factory=list)
+    lag_buckets: list[tuple[float, float]] = field(default_factory=list)
 
 
 _WANTED = frozenset({
     "dataserv_connections_accepted_total", "dataserv_connections_done_total", "dataserv_connections_open",
     "dataserv_listen_backlog", "dataserv_work_queue_depth", "dataserv_requests_shed_total",
     "dataserv_request_duration_seconds_bucket", "dataserv_request_duration_seconds_count",
+    "dataserv_reactor_lag_seconds_bucket", "dataserv_work_iterations",
 })
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
@@ -85,6 +88,7 @@ def parse_exposition(text: str, t: float, route: str = ROUTE) -> ServerSample:
     sample = ServerSample(t=t)
     backlog = shed = None
     buckets: dict[float, float] = {}
+    lag: dict[float, float] = {}
     for name, labels, value in _samples(text):
         if name == "dataserv_connections_accepted_total":
             sample.accepted = value
@@ -102,8 +106,13 @@ def parse_exposition(text: str, t: float, route: str = ROUTE) -> ServerSample:
             buckets[float(labels["le"])] = value
         elif name == "dataserv_request_duration_seconds_count" and labels.get("route") == route:
             sample.requests = value
+        elif name == "dataserv_work_iterations":
+            sample.work_iterations = value
+        elif name == "dataserv_reactor_lag_seconds_bucket":
+            lag[float(labels["le"])] = value
     sample.backlog, sample.shed = backlog, shed
     sample.duration_buckets = sorted(buckets.items())
+    sample.lag_buckets = sorted(lag.items())
     return sample
 
 
@@ -142,11 +151,18 @@ def _max(samples: list[ServerSample], name: str) -> float | None:
     return max(values) if values else None
 
 
-def summarize(samples: list[ServerSample]) -> dict[str, Any] | None:
-    """The ``server`` block of a step from its scrapes (first and last bound the step)."""
+def summarize(samples: list[ServerSample], load_end: int | None = None) -> dict[str, Any] | None:
+    """The ``server`` block of a step from its scrapes.
+
+    Rates and the server's p99 run from the first scrape to ``samples[load_end]``
+    (the scrape taken when the step's schedule ended; the last one if None):
+    scrapes taken while in-flight requests drain afterwards would average the
+    drain into the rates.  Maxima and the time series cover every scrape.
+    """
     if len(samples) < 2:
         return None
-    first, last = samples[0], samples[-1]
+    first = samples[0]
+    last = samples[-1] if load_end is None or load_end >= len(samples) or load_end < 1 else samples[load_end]
     span = last.t - first.t
     if span <= 0:
         return None
@@ -155,12 +171,14 @@ def summarize(samples: list[ServerSample]) -> dict[str, Any] | None:
         d = _delta(first, last, name)
         return None if d is None else round(d / span, 3)
 
-    p99 = None
-    if first.duration_buckets and last.duration_buckets:
-        before = dict(first.duration_buckets)
-        delta = [(le, count - before.get(le, 0.0)) for le, count in last.duration_buckets]
-        q = histogram_quantile(0.99, delta)
-        p99 = None if q is None else round(q * 1000.0, 3)
+    def p99_ms(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float | None:
+        if not a or not b:
+            return None
+        before = dict(a)
+        q = histogram_quantile(0.99, [(le, count - before.get(le, 0.0)) for le, count in b])
+        return None if q is None else round(q * 1000.0, 3)
+
+    p99 = p99_ms(first.duration_buckets, last.duration_buckets)
     series = []
     for a, b in zip(samples, samples[1:], strict=False):
         dt = b.t - a.t
@@ -182,6 +200,8 @@ def summarize(samples: list[ServerSample]) -> dict[str, Any] | None:
         "work_queue_depth_max": _max(samples, "queue_depth"),
         "shed_per_s": rate("shed"),
         "p99_ms": p99,
+        "reactor_lag_p99_ms": p99_ms(first.lag_buckets, last.lag_buckets),
+        "work_iterations": last.work_iterations,
         "timeseries": series,
     }
 
@@ -209,6 +229,7 @@ class Scraper:
         self.client = client if client is not None else make_client(reactor)
         self.samples: list[ServerSample] = []
         self.failures = 0
+        self.load_end: int | None = None
         self._loop: LoopingCall | None = None
         self._inflight: Deferred[None] | None = None
 
@@ -237,6 +258,14 @@ class Scraper:
         if self._inflight is None or self._inflight.called:
             self._inflight = self.scrape()
 
+    def mark_load_end(self) -> None:
+        """Scrape now and remember it as the end of the load (the drain that follows is not load)."""
+
+        def marked(_: Any) -> None:
+            self.load_end = len(self.samples) - 1
+
+        self.scrape().addCallback(marked)
+
     @inlineCallbacks
     def stop(self) -> Any:
         if self._loop is not None and self._loop.running:
@@ -244,4 +273,4 @@ class Scraper:
         if self._inflight is not None and not self._inflight.called:
             yield self._inflight
         yield self.scrape()
-        return summarize(self.samples)
+        return summarize(self.samples, self.load_end)

@@ -1,0 +1,41 @@
+"""Peer: the same /data on aiohttp, the work in a ThreadPoolExecutor via run_in_executor.
+
+    python aiohttp_server.py PORT --iterations N [--pool-size P] [--kind pbkdf2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from dataserv import work
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("port", type=int)
+    parser.add_argument("--iterations", type=int, required=True)
+    parser.add_argument("--pool-size", type=int, default=2)
+    parser.add_argument("--kind", default="pbkdf2")
+    args = parser.parse_args()
+    executor = ThreadPoolExecutor(max_workers=args.pool_size)
+
+    async def data(request: web.Request) -> web.Response:
+        digest = await asyncio.get_running_loop().run_in_executor(executor, work.run, args.kind, args.iterations)
+        return web.Response(text=digest + "\n", content_type="text/plain")
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n", content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_get("/data", data)
+    app.router.add_get("/healthz", healthz)
+    print(f"listening on {args.port}", flush=True)
+    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None, backlog=1024)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Peer: the same /data on FastAPI under uvicorn, a sync endpoint run by Starlette's thread pool.
+
+    python fastapi_server.py PORT --iterations N [--pool-size P] [--kind pbkdf2]
+
+Starlette runs sync endpoints on anyio's default thread limiter (40 tokens);
+it is set to --pool-size so the pool matches the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import anyio.to_thread
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
+
+from dataserv import work
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("port", type=int)
+    parser.add_argument("--iterations", type=int, required=True)
+    parser.add_argument("--pool-size", type=int, default=2)
+    parser.add_argument("--kind", default="pbkdf2")
+    args = parser.parse_args()
+    app = FastAPI()
+
+    @app.on_event("startup")
+    async def size_pool() -> None:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = args.pool_size
+
+    @app.get("/data", response_class=PlainTextResponse)
+    def data() -> str:
+        return work.run(args.kind, args.iterations) + "\n"
+
+    @app.get("/healthz", response_class=PlainTextResponse)
+    def healthz() -> str:
+        return "ok\n"
+
+    print(f"listening on {args.port}", flush=True)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False, backlog=1024)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""``loadgen compare``: the accept/dispatch experiment in one command.
+
+For each configuration (dispatch x work kind x connection) it starts
+dataserv itself, sweeps it with the open model at fractions of its ceiling
+(pool size / work time) while scraping it, holds one overload step at
+``overload`` x the knee with ``Connection: close`` (every request a freshly
+accepted connection, as in the original experiment), stops the server with
+SIGTERM and checks that it and its helpers are gone.  The report is built
+from the measured numbers only (``loadgen.compare_report``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loadgen.analysis import default_p99_limit_ms, find_knee, parse_stop_when
+from loadgen.engine import Plan, Target
+from loadgen.results import RunResult
+from loadgen.runner import run_steps
+from loadgen.scrape import make_client
+from loadgen.servers import DataservProcess, ServerFailed
+
+# Steps as fractions of the ceiling: below, around and past the knee.
+DEFAULT_FRACTIONS = (0.25, 0.5, 0.7, 0.85, 1.0, 1.15, 1.3)
+CLEAN_EXITS = (0, -15)  # twistd re-raises SIGTERM on itself after a clean stop
+
+
+@dataclass
+class Configuration:
+    """One server configuration of the comparison."""
+
+    dispatch: str
+    work_kind: str
+    connection: str
+    pool_size: int
+    work_ms: float
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.dispatch}-{self.work_kind}-{self.connection}"
+
+    @property
+    def ceiling_rps(self) -> float:
+        """pool size / work time: what the workers could do with no overhead at all."""
+        workers = 1 if self.dispatch == "inline" else self.pool_size
+        return workers * 1000.0 / self.work_ms
+
+    def server_args(self) -> list[str]:
+        return ["--dispatch", self.dispatch, "--work-kind", self.work_kind, "--pool-size", str(self.pool_size),
+                "--work-ms", f"{self.work_ms:g}", *self.extra_args]
+
+
+def default_configurations(dispatches: list[str], kinds: list[str], connections: list[str] | None,
+                           pool_size: int, work_ms: float) -> list[Configuration]:
+    """Every dispatch x kind with keep-alive; ``Connection: close`` too for pbkdf2 inline and threads.
+
+    An explicit ``connections`` list applies to every configuration.
+    """
+    configs = []
+    for dispatch in dispatches:
+        for kind in kinds:
+            if connections is not None:
+                conns = connections
+            elif kind == "pbkdf2" and dispatch in ("inline", "threads"):
+                conns = ["keep-alive", "close"]
+            else:
+                conns = ["keep-alive"]
+            for conn in conns:
+                configs.append(Configuration(dispatch, kind, conn, pool_size, work_ms))
+    return configs
+
+
+@dataclass
+class Settings:
+    """How long and how hard: the defaults finish the default comparison in under 3 minutes on 2 cores."""
+
+    fractions: tuple[float, ...] = DEFAULT_FRACTIONS
+    step_duration: float = 2.0
+    warmup: float = 1.0
+    overload: float = 1.5
+    overload_duration: float = 3.0
+    knee_p99_ms: float | None = None  # None: max(3x the lowest step's p99, 25x the work time)
+    stop_when: str = "p99>1s"
+    timeout: float = 10.0
+    max_in_flight: int = 2000
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine and software versions, for the report."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+            "platform": platform.platform(), "twisted": v("twisted"), "klein": v("klein"),
+            "dataserv": v("dataserv"), "treq": v("treq")}
+
+
+async def run_configuration(reactor: Any, config: Configuration, settings: Settings, out_dir: Path,
+                            client: Any, progress: Any = None) -> dict[str, Any]:
+    """Start, sweep, overload and stop one configuration; answer its entry of results.json."""
+    entry: dict[str, Any] = {
+        "name": config.name, "dispatch": config.dispatch, "work_kind": config.work_kind,
+        "connection": config.connection, "pool_size": 1 if config.dispatch == "inline" else config.pool_size,
+        "work_ms": config.work_ms, "ceiling_rps": config.ceiling_rps, "knee_rps": None, "result": None,
+        "overload": None, "error": None, "exit_code": None,
+    }
+    server = DataservProcess(reactor, config.name, config.server_args(), out_dir / "logs")
+    started = time.monotonic()
+    try:
+        await server.start(client)
+        target = Target(address="127.0.0.1", port=server.port, host_header=f"127.0.0.1:{server.port}".encode(),
+                        path=b"/data")
+        plans = [Plan(model="open", rate=round(f * config.ceiling_rps, 3), duration=settings.step_duration,
+                      warmup=settings.warmup if i == 0 else 0.0, connection=config.connection,
+                      timeout=settings.timeout, max_in_flight=settings.max_in_flight)
+                 for i, f in enumerate(settings.fractions)]
+        stop = [parse_stop_when(settings.stop_when)] if settings.stop_when else None
+        steps = await run_steps(reactor, target, plans, server.metrics_url, progress=progress, stop_when=stop)
+        result = RunResult(target=server.url + "/data", model="open", connection=config.connection,
+                           started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), steps=steps)
+        if steps:
+            limit = settings.knee_p99_ms or max(default_p99_limit_ms(steps), 25.0 * config.work_ms)
+            result.knee = find_knee(steps, limit)
+        entry["result"] = result.to_dict()
+        entry["knee_rps"] = result.knee["rps"] if result.knee else None
+        iterations = [s.server.get("work_iterations") for s in steps if s.server]
+        entry["work_iterations"] = int(iterations[0]) if iterations and iterations[0] else None
+        # The accept/done finding: past the knee, one request per connection.  A
+        # knee found low (a noisy step) would make "overload" no overload, so the
+        # base is the knee or the best rate the sweep achieved, whichever is higher.
+        base = max([entry["knee_rps"] or 0.0] + [s.achieved_rps for s in steps])
+        entry["overload_base_rps"] = base
+        overload = Plan(model="open", rate=round(settings.overload * base, 3), duration=settings.overload_duration,
+                        connection="close", timeout=settings.timeout, max_in_flight=settings.max_in_flight)
+        [step] = await run_steps(reactor, target, [overload], server.metrics_url, progress=progress,
+                                 scrape_interval=0.5)
+        entry["overload"] = step.to_dict()
+    except ServerFailed as e:
+        entry["error"] = f"{config.name}: {e}"
+    finally:
+        try:
+            entry["exit_code"] = await server.stop()
+            if entry["exit_code"] not in CLEAN_EXITS and entry["error"] is None:
+                entry["error"] = f"{config.name}: exited {entry['exit_code']} after SIGTERM: {server.last_log_line()}"
+        except ServerFailed as e:
+            entry["error"] = entry["error"] or f"{config.name}: {e}"
+        finally:
+            server.kill()
+    entry["seconds"] = round(time.monotonic() - started, 1)
+    return entry
+
+
+async def run_compare(reactor: Any, configs: list[Configuration], settings: Settings, out_dir: Path,
+                      progress: Any = None, peers: list[Any] | None = None) -> dict[str, Any]:
+    """Every configuration in turn (never two at once); answer the results.json document."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "logs").mkdir(exist_ok=True)
+    client = make_client(reactor)
+    entries = []
+    for config in configs:
+        entries.append(await run_configuration(reactor, config, settings, out_dir, client, progress))
+    document = {"machine": machine_info(), "settings": asdict(settings), "configurations": entries}
+    if peers:
+        from loadgen.peers import run_peers
+
+        document["peers"] = await run_peers(reactor, peers, entries, settings, out_dir, client, progress)
+    return document
+
+
+def write_outputs(document: dict[str, Any], out_dir: Path) -> list[Path]:
+    """results.json, report.md and the plots; answer the paths written."""
+    from loadgen.compare_report import build_report, plot_latency, plot_overload
+
+    paths = [out_dir / "results.json", out_dir / "report.md", out_dir / "latency.png", out_dir / "overload.png"]
+    paths[0].write_text(json.dumps(document, indent=1))
+    plot_latency(document, paths[2])
+    plot_overload(document, paths[3])
+    paths[1].write_text(build_report(document, plots=[p.name for p in paths[2:]]))
+    return paths

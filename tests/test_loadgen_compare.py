@@ -1,0 +1,183 @@
+"""loadgen compare: the report from fixed results (pure), and a short real run in CI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from loadgen_factories import make_run, step_with
+
+from loadgen.compare import Configuration, default_configurations
+from loadgen.compare_report import (
+    accept_findings,
+    build_report,
+    gil_findings,
+    knee_rows,
+    overload_rows,
+    plot_latency,
+    plot_overload,
+)
+
+
+def _entry(dispatch: str, kind: str, conn: str, knee: float | None, ceiling: float, *, steps=None,
+           overload=None, error=None, lag=1.0) -> dict:
+    steps = steps or [
+        step_with(0.5 * ceiling, 0.5 * ceiling, 5.0, 8.0, server={"reactor_lag_p99_ms": lag}),
+        step_with(knee or 0.7 * ceiling, knee or 0.6 * ceiling, 6.0, 12.0, server={"reactor_lag_p99_ms": lag}),
+    ]
+    result = make_run(steps, knee={"rps": knee, "p99_ms": 12.0, "rule": "r"} if knee else None)
+    return {"name": f"{dispatch}-{kind}-{conn}", "dispatch": dispatch, "work_kind": kind, "connection": conn,
+            "pool_size": 1 if dispatch == "inline" else 2, "work_ms": 4.0, "ceiling_rps": ceiling,
+            "knee_rps": knee, "result": result.to_dict() if not error else None,
+            "overload": overload.to_dict() if overload else None, "error": error}
+
+
+def _overload(offered: float, achieved: float, accepted: float, done: float, backlog: float, queue: float):
+    step = step_with(offered, achieved, 300.0, 900.0, server={
+        "accepted_per_s": accepted, "done_per_s": done, "listen_backlog_max": backlog,
+        "work_queue_depth_max": queue, "open_connections_max": queue + 2, "shed_per_s": 0.0,
+        "reactor_lag_p99_ms": 5.0})
+    step.timeseries = [{"t": 0.5, "accepted_per_s": accepted, "done_per_s": done, "listen_backlog": backlog,
+                        "work_queue_depth": queue}, {"t": 1.0, "accepted_per_s": accepted, "done_per_s": done,
+                                                     "listen_backlog": backlog, "work_queue_depth": queue}]
+    return step
+
+
+@pytest.fixture
+def document() -> dict:
+    return {
+        "machine": {"cpus": 2, "cpu": "test cpu", "python": "3.11", "twisted": "26", "klein": "24",
+                    "dataserv": "0.1.0", "platform": "linux"},
+        "settings": {"fractions": [0.5, 1.0], "step_duration": 2.0, "overload": 1.5, "overload_duration": 3.0,
+                     "stop_when": "p99>1s"},
+        "configurations": [
+            _entry("inline", "pbkdf2", "close", 230.0, 250.0,
+                   overload=_overload(345.0, 232.0, 231.0, 232.0, backlog=300.0, queue=0.0), lag=9.0),
+            _entry("threads", "pbkdf2", "close", 440.0, 500.0,
+                   overload=_overload(660.0, 445.0, 650.0, 445.0, backlog=2.0, queue=600.0), lag=2.0),
+            _entry("threads", "python", "keep-alive", 200.0, 500.0, lag=8.0),
+            _entry("processes", "python", "keep-alive", 420.0, 500.0),
+            _entry("processes", "pbkdf2", "keep-alive", None, 500.0, error="processes-pbkdf2-keep-alive: exited 2"),
+        ],
+    }
+
+
+def test_knee_rows(document: dict) -> None:
+    rows = {r["name"]: r for r in knee_rows(document)}
+    assert rows["inline-pbkdf2-close"]["knee_over_ceiling"] == pytest.approx(0.92)
+    assert rows["threads-pbkdf2-close"]["p99_ms"] == 12.0
+    assert rows["threads-python-keep-alive"]["reactor_lag_p99_ms"] == 8.0
+    assert rows["processes-pbkdf2-keep-alive"]["knee_rps"] is None
+    assert rows["processes-pbkdf2-keep-alive"]["error"].endswith("exited 2")
+
+
+def test_accept_findings_say_where_the_backlog_waits(document: dict) -> None:
+    text = " ".join(accept_findings(overload_rows(document)))
+    assert "**inline** at 345.0 rps offered" in text and "waited in the kernel's accept queue" in text
+    assert "205.0/s more accepted than done" in text  # threads: 650 accepted, 445 done
+    assert "in the process's memory (the work queue)" in text
+    assert text.endswith("with the thread pool in the process's memory (the work queue).")
+
+
+def test_gil_findings_compare_threads_and_processes(document: dict) -> None:
+    text = " ".join(gil_findings(knee_rows(document)))
+    assert "pbkdf2 (which releases the GIL) reached 0.88 of its ceiling" in text
+    assert "pure-Python work reached 0.40" in text and "the GIL serialises" in text
+    assert "8.0 ms with Python threads" in text and "convoy effect" in text
+    assert "Python work on processes reached 0.84 of its ceiling, against 0.40" in text
+
+
+def test_report_carries_every_row_and_problem(document: dict) -> None:
+    report = build_report(document, plots=["latency.png"])
+    assert "| inline-pbkdf2-close | inline | pbkdf2 | close | 1 | 250.0 | 230.0 | 12.00 | 0.92 | 9.00 |" in report
+    assert "| threads-pbkdf2-close | 660.0 | 445.0 | 650.0 | 445.0 | 2 | 600 |" in report
+    assert "failed: processes-pbkdf2-keep-alive: exited 2" in report
+    assert "Problems:" in report and "![latency.png](latency.png)" in report
+    assert "2 CPUs (test cpu)" in report
+
+
+def test_plots_are_pngs(document: dict, tmp_path: Path) -> None:
+    plot_latency(document, tmp_path / "l.png")
+    plot_overload(document, tmp_path / "o.png")
+    for name in ("l.png", "o.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_default_configurations() -> None:
+    """All dispatch x kind with keep-alive, plus close for inline and threads with pbkdf2."""
+    names = [c.name for c in default_configurations(["inline", "threads", "processes"], ["pbkdf2", "python"],
+                                                    None, 2, 4.0)]
+    assert names == ["inline-pbkdf2-keep-alive", "inline-pbkdf2-close", "inline-python-keep-alive",
+                     "threads-pbkdf2-keep-alive", "threads-pbkdf2-close", "threads-python-keep-alive",
+                     "processes-pbkdf2-keep-alive", "processes-python-keep-alive"]
+    assert Configuration("inline", "pbkdf2", "close", 8, 4.0).ceiling_rps == 250.0
+    assert Configuration("threads", "pbkdf2", "close", 8, 2.0).ceiling_rps == 4000.0
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        if text in cmdline and "zombie" not in status:
+            pids.append(int(pid))
+    return pids
+
+
+def _compare(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "loadgen", "compare", "--dispatch", "inline,threads", "--work-kind", "pbkdf2",
+         "--connection", "keep-alive", "--work-ms", "2", "--pool-size", "2", "--fractions", "0.3,0.6",
+         "--step-duration", "1s", "--overload-duration", "1s", "--out-dir", str(out), "--quiet", *extra],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.mark.slow
+def test_short_real_compare(tmp_path: Path) -> None:
+    """Two configurations, a tiny sweep: the files exist, the tables carry the measured rows, no server is left."""
+    out = tmp_path / "cmp"
+    result = _compare(out)
+    assert result.returncode == 0, result.stderr
+    for name in ("results.json", "report.md", "latency.png", "overload.png"):
+        assert (out / name).stat().st_size > 0, name
+    document = json.loads((out / "results.json").read_text())
+    assert document["machine"]["cpus"] == os.cpu_count()
+    entries = {e["name"]: e for e in document["configurations"]}
+    assert set(entries) == {"inline-pbkdf2-keep-alive", "threads-pbkdf2-keep-alive"}
+    report = (out / "report.md").read_text()
+    for entry in entries.values():
+        assert entry["error"] is None and entry["exit_code"] in (0, -15)
+        assert [s["offered_rps"] for s in entry["result"]["steps"]] == [
+            pytest.approx(0.3 * entry["ceiling_rps"]), pytest.approx(0.6 * entry["ceiling_rps"])]
+        assert entry["result"]["steps"][0]["server"]["accepted_per_s"] is not None
+        assert entry["overload"]["offered_rps"] > 0
+        knee = entry["knee_rps"]
+        assert knee is not None
+        assert f"| {entry['name']} | {entry['dispatch']} | pbkdf2 | keep-alive |" in report
+        assert f"{knee:,.1f}" in report
+    assert not _processes_mentioning(str(out))
+
+
+@pytest.mark.slow
+def test_compare_reports_a_server_that_fails_to_start(tmp_path: Path) -> None:
+    """A configuration whose server cannot start is reported, not hidden, and nothing is left running."""
+    out = tmp_path / "bad"
+    result = _compare(out, "--server-arg=--max-queue=-1")
+    assert result.returncode == 2  # every configuration failed
+    document = json.loads((out / "results.json").read_text())
+    for entry in document["configurations"]:
+        assert "exited 2 at start" in entry["error"] and "--max-queue" in entry["error"]
+    report = (out / "report.md").read_text()
+    assert "Problems:" in report and "--max-queue must be an integer >= 0" in report
+    assert "FAILED" in result.stdout
+    assert not _processes_mentioning(str(out))
