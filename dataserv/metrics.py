@@ -7,6 +7,8 @@ own; nothing here registers with prometheus-client's global registry.
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import sys
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -216,56 +218,95 @@ def parse_listen_backlog(lines: Iterable[str]) -> dict[int, int]:
     return result
 
 
-class ListenBacklogCollector:
-    """``dataserv_listen_backlog{endpoint}``, read from ``/proc`` at scrape time.
+def tcp_info_accept_queue(sock: socket.socket) -> int | None:
+    """The accept-queue length of a listening TCP socket from ``TCP_INFO`` (Linux), else None.
 
-    Listening sockets are matched by inode, which is exact even when other
-    processes listen on the same port.  Where ``/proc/net/tcp`` does not exist
+    For a listening socket the kernel reports its accept queue (sk_ack_backlog,
+    the number ``/proc/net/tcp`` prints as rx_queue) in ``tcpi_unacked``: the
+    fifth 32-bit field after eight one-byte fields of ``struct tcp_info``.
+    """
+    option = getattr(socket, "TCP_INFO", None)
+    if option is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, option, 104)
+    except OSError:
+        return None
+    if len(info) < 32 or info[0] != _TCP_STATE_LISTEN:
+        return None
+    return struct.unpack_from("=8B6I", info)[12]
+
+
+_TCP_STATE_LISTEN = 10
+
+
+class ListenBacklogCollector:
+    """``dataserv_listen_backlog{endpoint}``: connections waiting in the kernel's accept queue.
+
+    Read at scrape time from ``TCP_INFO`` on each listening socket, which is
+    O(1); where that is unavailable, from the LISTEN rows of
+    ``/proc/net/tcp{,6}``, matched by socket inode (exact even when other
+    processes listen on the same port).  Reading ``/proc`` is O(every socket
+    in the namespace): after close-mode load left thousands of TIME_WAIT rows
+    it took 9 ms a scrape here, on the reactor thread.  Where neither exists
     (not Linux) the metric is absent rather than wrong.
     """
 
     PATHS = ("/proc/net/tcp", "/proc/net/tcp6")
 
     def __init__(self) -> None:
-        # endpoint label -> a callable answering the listening socket's fileno
-        self.sockets: dict[str, Callable[[], int]] = {}
+        # endpoint label -> a callable answering the listening socket
+        self.sockets: dict[str, Callable[[], socket.socket]] = {}
 
-    def add(self, endpoint: str, fileno: Callable[[], int]) -> None:
-        self.sockets[endpoint] = fileno
+    def add(self, endpoint: str, sock: Callable[[], socket.socket]) -> None:
+        self.sockets[endpoint] = sock
 
     def remove(self, endpoint: str) -> None:
         self.sockets.pop(endpoint, None)
 
-    def _read(self) -> dict[int, int] | None:
+    def _read_proc(self) -> dict[int, int]:
         rows: list[str] = []
-        found = False
         for path in self.PATHS:
             try:
                 with open(path) as f:
                     rows.extend(f.readlines()[1:])
-                found = True
             except OSError:
                 continue
-        return parse_listen_backlog(rows) if found else None
+        return parse_listen_backlog(rows)
 
     def collect(self) -> Iterator[Metric]:
         if not self.sockets or not sys.platform.startswith("linux"):
             return
-        backlog = self._read()
-        if backlog is None:
+        values: dict[str, int] = {}
+        fallback: dict[str, socket.socket] = {}
+        for endpoint, get in sorted(self.sockets.items()):
+            try:
+                sock = get()
+            except (AttributeError, OSError, ValueError):
+                continue
+            value = tcp_info_accept_queue(sock)
+            if value is None:
+                fallback[endpoint] = sock
+            else:
+                values[endpoint] = value
+        if fallback:
+            backlog = self._read_proc()
+            for endpoint, sock in fallback.items():
+                try:
+                    inode = os.fstat(sock.fileno()).st_ino
+                except (OSError, ValueError):
+                    continue
+                if inode in backlog:
+                    values[endpoint] = backlog[inode]
+        if not values:
             return
         family = GaugeMetricFamily(
             f"{NAMESPACE}_listen_backlog",
             "Connections waiting in the kernel accept queue of a listening socket.",
             labels=["endpoint"],
         )
-        for endpoint, fileno in sorted(self.sockets.items()):
-            try:
-                inode = os.fstat(fileno()).st_ino
-            except (OSError, ValueError):
-                continue
-            if inode in backlog:
-                family.add_metric([endpoint], backlog[inode])
+        for endpoint, value in sorted(values.items()):
+            family.add_metric([endpoint], value)
         yield family
 
 

@@ -115,8 +115,8 @@ class ListenerService(Service):
         self.port = port
         host = port.getHost()
         self.address = f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}"
-        if hasattr(port, "fileno"):
-            self.metrics.backlog.add(self.address, port.fileno)
+        if hasattr(port, "socket"):
+            self.metrics.backlog.add(self.address, lambda: port.socket)
         _log.info("dataserv listening on {address} ({description})", address=self.address,
                   description=self.description)
         return port

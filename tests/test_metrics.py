@@ -45,9 +45,15 @@ def test_parse_listen_backlog(rows: list[str], expected: dict[int, int]) -> None
     assert parse_listen_backlog(rows) == expected
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/net/tcp is Linux-only")
-def test_listen_backlog_counts_unaccepted_connections() -> None:
-    """A real listening socket nobody accepts from: the gauge shows the connections waiting in the kernel."""
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="TCP_INFO and /proc/net/tcp are Linux-only")
+@pytest.mark.parametrize("source", ["tcp_info", "proc"])
+def test_listen_backlog_counts_unaccepted_connections(source: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real listening socket nobody accepts from: the gauge shows the connections waiting in the kernel.
+
+    Both sources (TCP_INFO, and /proc/net/tcp when TCP_INFO is unavailable) give the same count.
+    """
+    if source == "proc":
+        monkeypatch.setattr("dataserv.metrics.tcp_info_accept_queue", lambda sock: None)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
@@ -60,7 +66,7 @@ def test_listen_backlog_counts_unaccepted_connections() -> None:
         collector = ListenBacklogCollector()
         registry.register(collector)
         port = listener.getsockname()[1]
-        collector.add(f"127.0.0.1:{port}", listener.fileno)
+        collector.add(f"127.0.0.1:{port}", lambda: listener)
         value = None
         for _ in range(50):  # the handshake completes asynchronously
             value = registry.get_sample_value("dataserv_listen_backlog", {"endpoint": f"127.0.0.1:{port}"})
@@ -80,9 +86,10 @@ def test_listen_backlog_absent_without_sockets_or_proc(monkeypatch: pytest.Monke
     """No listening sockets, or no /proc: the metric is absent, not zero."""
     collector = ListenBacklogCollector()
     assert list(collector.collect()) == []
-    collector.add("x:1", lambda: 0)
-    monkeypatch.setattr(ListenBacklogCollector, "PATHS", ("/nonexistent/tcp",))
-    assert list(collector.collect()) == []
+    with socket.socket() as unbound:  # not listening: TCP_INFO answers nothing, nor does /proc
+        collector.add("x:1", lambda: unbound)
+        monkeypatch.setattr(ListenBacklogCollector, "PATHS", ("/nonexistent/tcp",))
+        assert list(collector.collect()) == []
 
 
 def test_reactor_lag_probe_observes_late_timers() -> None:
@@ -145,8 +152,12 @@ def test_reactor_histogram_labels() -> None:
 def test_metric_names_follow_the_spec() -> None:
     """Every dataserv_* metric of SPEC.md exists with its type."""
     metrics = Metrics(CollectorRegistry(), process_collectors=False)
-    metrics.backlog.add("x:1", lambda: 0)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    metrics.backlog.add("x:1", lambda: listener)
     families = {m.name: m.type for m in metrics.registry.collect()}
+    listener.close()
     expected = {
         "dataserv_connections_accepted": "counter",
         "dataserv_connections_done": "counter",
