@@ -150,6 +150,8 @@ def _common_load_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from loadgen.compare import DEFAULT_FRACTIONS
+
     parser = _Parser(prog="loadgen", description="A load generator whose numbers can be trusted.")
     parser.add_argument("--version", action="version", version=f"loadgen {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -191,11 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
                                               "close for inline and threads with pbkdf2)")
     compare.add_argument("--work-ms", type=float, default=4.0, help="CPU time per request (default 4)")
     compare.add_argument("--pool-size", type=int, default=os.cpu_count() or 1, help="default: the CPU count")
-    compare.add_argument("--fractions", default=",".join(f"{f:g}" for f in (0.25, 0.5, 0.7, 0.85, 1.0, 1.15, 1.3)),
+    compare.add_argument("--fractions", default=",".join(f"{f:g}" for f in DEFAULT_FRACTIONS),
                          help="sweep steps as fractions of each ceiling")
     compare.add_argument("--step-duration", default="2s", help="time at each step (default 2s)")
     compare.add_argument("--overload", type=float, default=1.5, help="overload step at this x the knee (1.5)")
-    compare.add_argument("--overload-duration", default="4s", help="(default 4s)")
+    compare.add_argument("--overload-duration", default="3s", help="time at the overload step (default 3s)")
     compare.add_argument("--stop-when", default="p99>1s", help="end a sweep early (default 'p99>1s')")
     compare.add_argument("--peers", action="store_true",
                          help="also sweep the peer servers of bench/peers (aiohttp, FastAPI, bare twisted.web)")

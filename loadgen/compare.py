@@ -27,7 +27,7 @@ from loadgen.scrape import make_client
 from loadgen.servers import DataservProcess, ServerFailed
 
 # Steps as fractions of the ceiling: below, around and past the knee.
-DEFAULT_FRACTIONS = (0.25, 0.5, 0.7, 0.85, 1.0, 1.15, 1.3)
+DEFAULT_FRACTIONS = (0.25, 0.5, 0.7, 0.85, 1.0, 1.15)
 CLEAN_EXITS = (0, -15)  # twistd re-raises SIGTERM on itself after a clean stop
 
 
@@ -83,7 +83,7 @@ class Settings:
 
     fractions: tuple[float, ...] = DEFAULT_FRACTIONS
     step_duration: float = 2.0
-    warmup: float = 1.0
+    warmup: float = 0.5
     overload: float = 1.5
     overload_duration: float = 3.0
     knee_p99_ms: float | None = None  # None: max(3x the lowest step's p99, 25x the work time)

@@ -37,6 +37,7 @@ def knee_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
             "p99_ms": step["latency_ms"]["p99"] if step else None,
             "knee_over_ceiling": knee / entry["ceiling_rps"] if knee else None,
             "reactor_lag_p99_ms": server.get("reactor_lag_p99_ms"),
+            "work_ms_measured": server.get("work_ms_mean"),
             "error": entry.get("error"),
         })
     return rows
@@ -189,20 +190,25 @@ def build_report(document: dict[str, Any], plots: list[str] | None = None) -> st
         "",
         "## Knee per configuration",
         "",
-        "| configuration | dispatch | work | connection | pool | ceiling rps | knee rps | p99 at knee ms | knee / ceiling | reactor lag p99 ms |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| configuration | dispatch | work | connection | pool | ceiling rps | knee rps | p99 at knee ms | knee / ceiling | work ms measured | reactor lag p99 ms |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r["error"] and r["knee_rps"] is None:
             lines.append(f"| {r['name']} | {r['dispatch']} | {r['work_kind']} | {r['connection']} | {r['pool_size']} | "
-                         f"{_fmt(r['ceiling_rps'])} | failed: {r['error']} | | | |")
+                         f"{_fmt(r['ceiling_rps'])} | failed: {r['error']} | | | | |")
             continue
         ratio = f"{r['knee_over_ceiling']:.2f}" if r["knee_over_ceiling"] else "-"
         lines.append(
             f"| {r['name']} | {r['dispatch']} | {r['work_kind']} | {r['connection']} | {r['pool_size']} | "
             f"{_fmt(r['ceiling_rps'])} | {_fmt(r['knee_rps'])} | {_fmt(r['p99_ms'], 2)} | {ratio} | "
-            f"{_fmt(r['reactor_lag_p99_ms'], 2)} |"
+            f"{_fmt(r['work_ms_measured'], 2)} | {_fmt(r['reactor_lag_p99_ms'], 2)} |"
         )
+    fast = [r for r in rows if r["knee_over_ceiling"] and r["knee_over_ceiling"] > 1.0 and r["work_ms_measured"]]
+    for r in fast:
+        lines += ["", f"{r['name']} exceeds its ceiling because its work took {r['work_ms_measured']:.2f} ms on "
+                      f"average where it ran, not the {r['work_ms']:g} ms calibrated at start-up: the ceiling is "
+                      "pool size / configured work time."]
     errors = [r["error"] for r in rows if r["error"]]
     if errors:
         lines += ["", "Problems:", ""] + [f"- {e}" for e in errors]

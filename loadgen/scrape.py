@@ -22,6 +22,7 @@ from twisted.logger import Logger
 _log = Logger()
 
 ROUTE = "/data"
+_MIN_SERIES_INTERVAL_S = 0.2
 
 
 @dataclass
@@ -37,6 +38,8 @@ class ServerSample:
     shed: float | None = None
     requests: float | None = None
     work_iterations: float | None = None
+    work_seconds_sum: float | None = None
+    work_count: float | None = None
     # cumulative (le, count) of request_duration_seconds for ROUTE, and of reactor_lag_seconds
     duration_buckets: list[tuple[float, float]] = field(default_factory=list)
     lag_buckets: list[tuple[float, float]] = field(default_factory=list)
@@ -47,6 +50,7 @@ _WANTED = frozenset({
     "dataserv_listen_backlog", "dataserv_work_queue_depth", "dataserv_requests_shed_total",
     "dataserv_request_duration_seconds_bucket", "dataserv_request_duration_seconds_count",
     "dataserv_reactor_lag_seconds_bucket", "dataserv_work_iterations",
+    "dataserv_work_duration_seconds_sum", "dataserv_work_duration_seconds_count",
 })
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
@@ -108,6 +112,10 @@ def parse_exposition(text: str, t: float, route: str = ROUTE) -> ServerSample:
             sample.requests = value
         elif name == "dataserv_work_iterations":
             sample.work_iterations = value
+        elif name == "dataserv_work_duration_seconds_sum":
+            sample.work_seconds_sum = value
+        elif name == "dataserv_work_duration_seconds_count":
+            sample.work_count = value
         elif name == "dataserv_reactor_lag_seconds_bucket":
             lag[float(labels["le"])] = value
     sample.backlog, sample.shed = backlog, shed
@@ -179,11 +187,14 @@ def summarize(samples: list[ServerSample], load_end: int | None = None) -> dict[
         return None if q is None else round(q * 1000.0, 3)
 
     p99 = p99_ms(first.duration_buckets, last.duration_buckets)
+    work_sum, work_count = _delta(first, last, "work_seconds_sum"), _delta(first, last, "work_count")
+    work_ms_mean = round(1000.0 * work_sum / work_count, 3) if work_sum is not None and work_count else None
     series = []
-    for a, b in zip(samples, samples[1:], strict=False):
+    a = samples[0]
+    for b in samples[1:]:
         dt = b.t - a.t
-        if dt <= 0:
-            continue
+        if dt < _MIN_SERIES_INTERVAL_S:
+            continue  # two scrapes moments apart (the load-end mark): a rate over them is noise
         point: dict[str, Any] = {"t": round(b.t - first.t, 3)}
         for name, key in (("accepted", "accepted_per_s"), ("done", "done_per_s"), ("shed", "shed_per_s")):
             d = _delta(a, b, name)
@@ -192,6 +203,7 @@ def summarize(samples: list[ServerSample], load_end: int | None = None) -> dict[
         point["listen_backlog"] = b.backlog
         point["work_queue_depth"] = b.queue_depth
         series.append(point)
+        a = b
     return {
         "accepted_per_s": rate("accepted"),
         "done_per_s": rate("done"),
@@ -202,6 +214,7 @@ def summarize(samples: list[ServerSample], load_end: int | None = None) -> dict[
         "p99_ms": p99,
         "reactor_lag_p99_ms": p99_ms(first.lag_buckets, last.lag_buckets),
         "work_iterations": last.work_iterations,
+        "work_ms_mean": work_ms_mean,
         "timeseries": series,
     }
 

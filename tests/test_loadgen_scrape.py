@@ -61,10 +61,12 @@ def test_summarize_rates_maxima_and_p99() -> None:
     """Rates from the first and last scrape, maxima over all, p99 from the bucket deltas."""
     samples = [
         ServerSample(t=10.0, accepted=100, done=90, open=10, backlog=0, queue_depth=0, shed=0,
+                     work_seconds_sum=1.0, work_count=100,
                      duration_buckets=[(0.01, 100.0), (0.1, 100.0), (math.inf, 100.0)]),
         ServerSample(t=11.0, accepted=300, done=250, open=50, backlog=20, queue_depth=40, shed=5,
                      duration_buckets=[(0.01, 100.0), (0.1, 200.0), (math.inf, 200.0)]),
         ServerSample(t=12.0, accepted=500, done=410, open=90, backlog=12, queue_depth=30, shed=25,
+                     work_seconds_sum=2.6, work_count=500,
                      duration_buckets=[(0.01, 100.0), (0.1, 300.0), (math.inf, 300.0)]),
     ]
     summary = summarize(samples)
@@ -76,4 +78,8 @@ def test_summarize_rates_maxima_and_p99() -> None:
     assert summary["shed_per_s"] == 12.5
     assert summary["p99_ms"] == pytest.approx(99.1)  # all 200 new observations in (0.01, 0.1]
     assert [p["accepted_per_s"] for p in summary["timeseries"]] == [200.0, 200.0]
+    assert summary["work_ms_mean"] == pytest.approx(4.0)  # 1.6 s of work over 400 items
+    # a scrape moments after another (the load-end mark) adds no point to the series
+    late = ServerSample(t=12.05, accepted=505, done=415)
+    assert len(summarize([*samples, late])["timeseries"]) == 2
     assert summarize(samples[:1]) is None

@@ -5,22 +5,17 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
+from _args import parse_args
 from aiohttp import web
 
 from dataserv import work
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("port", type=int)
-    parser.add_argument("--iterations", type=int, required=True)
-    parser.add_argument("--pool-size", type=int, default=2)
-    parser.add_argument("--kind", default="pbkdf2")
-    args = parser.parse_args()
+    args = parse_args()
     executor = ThreadPoolExecutor(max_workers=args.pool_size)
 
     async def data(request: web.Request) -> web.Response:

@@ -8,10 +8,9 @@ it is set to --pool-size so the pool matches the others.
 
 from __future__ import annotations
 
-import argparse
-
 import anyio.to_thread
 import uvicorn
+from _args import parse_args
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
@@ -19,12 +18,7 @@ from dataserv import work
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("port", type=int)
-    parser.add_argument("--iterations", type=int, required=True)
-    parser.add_argument("--pool-size", type=int, default=2)
-    parser.add_argument("--kind", default="pbkdf2")
-    args = parser.parse_args()
+    args = parse_args()
     app = FastAPI()
 
     @app.on_event("startup")
