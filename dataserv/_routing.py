@@ -116,7 +116,13 @@ class FastKleinResource(KleinResource):
         except TypeError:
             self._async_failed(Failure(), request)
             return
-        _write_whole(request, body)
+        try:
+            _write_whole(request, body)
+        except Exception:
+            # Headers may be out already: nothing sane can follow but closing.
+            _log.failure("Error writing a response")
+            if request.channel is not None and request.channel.transport is not None:
+                request.channel.transport.abortConnection()
 
     def _async_failed(self, failure: Failure, request: IRequest) -> None:
         request.pendingWork = None

@@ -12,7 +12,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from dataserv._routing import FastKleinResource
-from dataserv.dispatch import Dispatcher
+from dataserv.dispatch import Dispatcher, Overloaded
 from dataserv.metrics import Metrics
 from dataserv.work import Calibration
 
@@ -77,6 +77,8 @@ class DataApp:
     @app.route("/data", methods=["GET"])
     def data(self, request: IRequest) -> Deferred[bytes] | bytes:
         request.route = "/data"
+        if not self.ready:
+            return self._shed(request, "draining")
         raw = request.args.get(b"work_ms")
         try:
             work_ms = parse_work_ms(raw[-1] if raw else None, self.max_work_ms)
@@ -114,6 +116,16 @@ class DataApp:
         body, content_type = self.metrics.exposition(accept.decode("latin-1"))
         request.setHeader(b"content-type", content_type.encode("ascii"))
         return body
+
+    def _shed(self, request: IRequest, reason: str) -> bytes:
+        """503 with Retry-After, counted by reason: the client should come back, not wait here."""
+        self.metrics.requests_shed.labels(reason).inc()
+        request.setHeader(b"retry-after", b"1")
+        return _plain(request, 503, f"overloaded: {reason.replace('_', ' ')}")
+
+    @app.handle_errors(Overloaded)
+    def _overloaded(self, request: IRequest, failure: Failure) -> bytes:
+        return self._shed(request, failure.value.reason)
 
     @app.handle_errors(NotFound)
     def _not_found(self, request: IRequest, failure: Failure) -> bytes:

@@ -1,52 +1,113 @@
-"""Counting connections as the reactor accepts and closes them.
+"""The HTTP channel of one connection: counted, timed out when slow, closed when draining.
 
-"Accepted" is exactly what a protocol sees in ``connectionMade``: the
-connection has been taken off the kernel's listen queue by ``tcp.Port.doRead``.
+"Accepted" is exactly what a channel sees in ``connectionMade``: the
+connection has been taken off the kernel's listen queue by
+``tcp.Port.doRead``.  The channel is a subclass of twisted.web's
+``HTTPChannel`` set as the site's ``protocol`` (the framework's own hook),
+rather than a wrapper protocol in front of it: a wrapper (and twisted.web's
+``_GenericHTTPChannelProtocol`` proxy, which only matters for HTTP/2 over
+TLS) adds a call to every read, and this class needs the channel's own
+events anyway (request head complete, request done, headers written).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
-from twisted.internet.interfaces import IProtocol, ITransport
+from twisted.internet.interfaces import IDelayedCall, IListeningPort
+from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
+
+_log = Logger()
 
 
-class CountingProtocol:
-    """Wraps a protocol to report ``connectionMade`` and ``connectionLost``.
+class DataChannel(HTTPChannel):
+    """``HTTPChannel`` with connection counting, a request-head deadline and drain support.
 
-    Deliberately not :class:`twisted.protocols.policies.ProtocolWrapper`: that
-    wrapper becomes the inner protocol's transport and so adds a call to every
-    write.  This one hands the real transport to the inner protocol and binds
-    the inner ``dataReceived`` directly, so after the connection is made it
-    costs nothing per byte; only the two events we count pass through it.
+    ``--header-timeout``: from the first byte of a request until its head is
+    complete, at most that long (a slowloris client trickling header bytes
+    resets twisted.web's idle timer forever, but not this one).  While the
+    site drains, every response says ``Connection: close`` and the connection
+    closes after it.
     """
 
-    def __init__(
-        self, wrapped: IProtocol, made: Callable[[], None], lost: Callable[[], None]
-    ) -> None:
-        self.wrapped = wrapped
-        self._made = made
-        self._lost = lost
-        # The transport calls self.protocol.dataReceived: go straight to the inner one.
-        self.dataReceived = wrapped.dataReceived
-        self.connected = 0
-        self.transport: ITransport | None = None
+    site: Any  # DataSite, set by Site.buildProtocol
+    _head_call: IDelayedCall | None = None
+    _awaiting_head = True
 
-    def makeConnection(self, transport: ITransport) -> None:
-        self.connected = 1
-        self.transport = transport
-        self._made()
-        self.wrapped.makeConnection(transport)
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.site.channel_made(self)
 
-    def connectionMade(self) -> None:  # pragma: no cover - makeConnection does it
-        pass
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self._cancel_head_deadline()
+        super().connectionLost(reason)
+        self.site.channel_lost(self)
 
-    def connectionLost(self, reason: Failure) -> None:
-        self.connected = 0
-        self._lost()
-        self.wrapped.connectionLost(reason)
+    def dataReceived(self, data: bytes) -> None:
+        if self._awaiting_head and self._head_call is None and self.site.header_timeout:
+            self._head_call = self.callLater(self.site.header_timeout, self._head_timed_out)
+        super().dataReceived(data)
 
-    def __getattr__(self, name: str) -> object:
-        # Anything else a transport or a test looks up is the inner protocol's.
-        return getattr(self.wrapped, name)
+    def allHeadersReceived(self) -> None:
+        self._awaiting_head = False
+        self._cancel_head_deadline()
+        super().allHeadersReceived()
+
+    def requestDone(self, request: Any) -> None:
+        super().requestDone(request)
+        self._awaiting_head = True
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        if self.site.draining:
+            headers.setRawHeaders(b"Connection", [b"close"])  # the request's responseHeaders
+            self.persistent = False
+        super().writeHeaders(version, code, reason, headers)
+
+    @property
+    def idle(self) -> bool:
+        """No request in progress and none partly received."""
+        return not self._handlingRequest and self._head_call is None
+
+    def _cancel_head_deadline(self) -> None:
+        if self._head_call is not None:
+            if self._head_call.active():
+                self._head_call.cancel()
+            self._head_call = None
+
+    def _head_timed_out(self) -> None:
+        self._head_call = None
+        self.site.metrics.header_timeouts.inc()
+        _log.debug("Closing a connection whose request head took too long")
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+
+class ConnectionLimit:
+    """``--max-connections``: stop reading the listening sockets at the limit, resume below it.
+
+    Not ``policies.LimitTotalConnectionsFactory``, which accepts the excess
+    connection and then closes it: here the excess waits in the kernel's
+    backlog.  ``tcp.Port.doRead`` accepts a batch per readable event, so the
+    count can pass the limit by at most one batch.
+    """
+
+    def __init__(self, limit: int, set_accepting: Any) -> None:
+        self.limit = limit
+        self.ports: list[IListeningPort] = []
+        self.paused = False
+        self._set_accepting = set_accepting
+
+    def update(self, open_connections: int) -> None:
+        if not self.paused and open_connections >= self.limit:
+            self.paused = True
+            for port in self.ports:
+                port.stopReading()
+            self._set_accepting(0)
+        elif self.paused and open_connections < self.limit:
+            self.paused = False
+            for port in self.ports:
+                if getattr(port, "connected", True):
+                    port.startReading()
+            self._set_accepting(1)

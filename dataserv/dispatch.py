@@ -24,7 +24,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -43,8 +43,32 @@ def _ignore(submitted: float, started: float, finished: float) -> None:
     pass
 
 
+class Overloaded(Exception):
+    """The work was refused (``queue_full``) or waited too long to be worth running (``queue_timeout``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Token:
+    """Shared with a worker thread: set when the client went away before the work started."""
+
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+
 class Dispatcher(Service):
     """Runs ``work.run(kind, iterations)`` somewhere and answers a Deferred digest.
+
+    Admission control: with ``max_queue``, a submission that finds that many
+    items already waiting fails at once with ``Overloaded("queue_full")``;
+    with ``queue_timeout`` (seconds), an item a worker picks up after waiting
+    longer is not run and fails with ``Overloaded("queue_timeout")``.
+    Cancelling the Deferred (the client went away) stops the work from
+    running if it has not started; ``on_skipped`` counts those.
 
     Subclasses implement :meth:`_submit` and settle each item on the reactor
     thread with :meth:`_settle`, which records its timing and fires the
@@ -54,35 +78,54 @@ class Dispatcher(Service):
 
     kind = "abstract"
 
-    def __init__(self, size: int, observer: WorkObserver = _ignore) -> None:
+    def __init__(self, size: int, observer: WorkObserver = _ignore, *, max_queue: int = 0,
+                 queue_timeout: float = 0.0, on_skipped: Callable[[str], None] | None = None) -> None:
         self.size = size
         self.observer = observer
+        self.max_queue = max_queue
+        self.queue_timeout = queue_timeout
+        self.on_skipped = on_skipped
         self.submitted = 0
         self.completed = 0
 
     def submit(self, kind: str, iterations: int) -> Deferred[str]:
         """Queue one item of work; the Deferred fires with its hex digest."""
+        if self.max_queue and self.outstanding - self.size >= self.max_queue:
+            return fail(Overloaded("queue_full"))
         self.submitted += 1
-        return self._submit(kind, iterations, time.monotonic())
+        submitted = time.monotonic()
+        deadline = submitted + self.queue_timeout if self.queue_timeout else 0.0
+        return self._submit(kind, iterations, submitted, deadline)
 
-    def _submit(self, kind: str, iterations: int, submitted: float) -> Deferred[str]:
+    def _submit(self, kind: str, iterations: int, submitted: float, deadline: float) -> Deferred[str]:
         raise NotImplementedError
 
     def _settle(self, d: Deferred[str], submitted: float, ok: bool, result: Any) -> None:
         """On the reactor thread: count the item, observe its timing, fire ``d``.
 
-        ``result`` is ``work.timed_run``'s ``(digest, started, finished)`` when
-        ``ok``, else the exception or Failure.  A Deferred cancelled meanwhile
-        (the client went away) is left as it is.
+        ``result`` is ``work.guarded_run``'s ``(digest, started, finished)``
+        (digest None and a reason instead of ``finished`` when the item was
+        skipped) when ``ok``, else the exception or Failure.  A Deferred
+        cancelled meanwhile (the client went away) is left as it is.
         """
         self.completed += 1
-        if ok:
-            digest, started, finished = result
-            self.observer(submitted, started, finished)
+        if not ok:
             if not d.called:
-                d.callback(digest)
-        elif not d.called:
-            d.errback(result)
+                d.errback(result)
+            return
+        digest, started, finished = result
+        if digest is None:
+            self._skipped(finished)
+            if finished == work.QUEUE_TIMEOUT and not d.called:
+                d.errback(Overloaded(finished))
+            return
+        self.observer(submitted, started, finished)
+        if not d.called:
+            d.callback(digest)
+
+    def _skipped(self, reason: str) -> None:
+        if reason == work.CLIENT_GONE and self.on_skipped is not None:
+            self.on_skipped(reason)
 
     @property
     def outstanding(self) -> int:
@@ -99,14 +142,20 @@ class Dispatcher(Service):
 
 
 class InlineDispatcher(Dispatcher):
-    """Runs the work synchronously on the reactor thread (deliberately blocking)."""
+    """Runs the work synchronously on the reactor thread (deliberately blocking).
+
+    Nothing ever waits in this dispatcher: its queue is the kernel's accept
+    queue, so admission control does not apply.
+    """
 
     kind = "inline"
 
-    def __init__(self, observer: WorkObserver = _ignore) -> None:
-        super().__init__(1, observer)
+    def __init__(self, observer: WorkObserver = _ignore, **kwargs: Any) -> None:
+        super().__init__(1, observer, **kwargs)
+        self.max_queue = 0
+        self.queue_timeout = 0.0
 
-    def _submit(self, kind: str, iterations: int, submitted: float) -> Deferred[str]:
+    def _submit(self, kind: str, iterations: int, submitted: float, deadline: float) -> Deferred[str]:
         d: Deferred[str] = Deferred()
         try:
             result = work.timed_run(kind, iterations)
@@ -141,8 +190,9 @@ class ThreadDispatcher(Dispatcher):
 
     kind = "threads"
 
-    def __init__(self, reactor: IReactorFromThreads, size: int, observer: WorkObserver = _ignore) -> None:
-        super().__init__(size, observer)
+    def __init__(self, reactor: IReactorFromThreads, size: int, observer: WorkObserver = _ignore,
+                 **kwargs: Any) -> None:
+        super().__init__(size, observer, **kwargs)
         self._reactor = reactor
         self.pool = ThreadPool(minthreads=size, maxthreads=size, name="dataserv-work")
 
@@ -154,16 +204,17 @@ class ThreadDispatcher(Dispatcher):
         super().stopService()
         return _stop_in_thread(self._reactor, self.pool.stop, "dataserv-work")
 
-    def _submit(self, kind: str, iterations: int, submitted: float) -> Deferred[str]:
+    def _submit(self, kind: str, iterations: int, submitted: float, deadline: float) -> Deferred[str]:
         # deferToThreadPool, minus one Deferred: the worker hands its result
         # straight to _settle on the reactor thread (the one-shot channel back).
-        d: Deferred[str] = Deferred()
+        token = _Token()
+        d: Deferred[str] = Deferred(lambda _: setattr(token, "cancelled", True))
         call_from_thread, settle = self._reactor.callFromThread, self._settle
 
         def on_result(ok: bool, result: Any) -> None:
             call_from_thread(settle, d, submitted, ok, result)
 
-        self.pool.callInThreadWithCallback(on_result, work.timed_run, kind, iterations)
+        self.pool.callInThreadWithCallback(on_result, work.guarded_run, kind, iterations, deadline, token)
         return d
 
     def queue_depth(self) -> int:
@@ -187,8 +238,9 @@ class ProcessDispatcher(Dispatcher):
 
     kind = "processes"
 
-    def __init__(self, reactor: IReactorFromThreads, size: int, observer: WorkObserver = _ignore) -> None:
-        super().__init__(size, observer)
+    def __init__(self, reactor: IReactorFromThreads, size: int, observer: WorkObserver = _ignore,
+                 **kwargs: Any) -> None:
+        super().__init__(size, observer, **kwargs)
         self._reactor = reactor
         self._executor: ProcessPoolExecutor | None = None
 
@@ -214,17 +266,17 @@ class ProcessDispatcher(Dispatcher):
             self._reactor, lambda: executor.shutdown(wait=True, cancel_futures=True), "dataserv-procs"
         )
 
-    def _submit(self, kind: str, iterations: int, submitted: float) -> Deferred[str]:
+    def _submit(self, kind: str, iterations: int, submitted: float, deadline: float) -> Deferred[str]:
         if self._executor is None:
             raise RuntimeError("the process pool is not running")
         try:
-            future = self._executor.submit(work.timed_run, kind, iterations)
+            future = self._executor.submit(work.guarded_run, kind, iterations, deadline)
         except BrokenProcessPool:
             # A worker died (killed, out of memory): the executor is unusable
             # for good.  Replace it, so one crash costs requests, not the service.
             broken, self._executor = self._executor, self._new_executor()
             broken.shutdown(wait=False, cancel_futures=True)
-            future = self._executor.submit(work.timed_run, kind, iterations)
+            future = self._executor.submit(work.guarded_run, kind, iterations, deadline)
         d: Deferred[str] = Deferred(lambda _: future.cancel())
         future.add_done_callback(lambda f: self._reactor.callFromThread(self._settle_future, d, submitted, f))
         return d
@@ -232,6 +284,7 @@ class ProcessDispatcher(Dispatcher):
     def _settle_future(self, d: Deferred[str], submitted: float, future: Future[Any]) -> None:
         if future.cancelled():
             self.completed += 1  # cancelled before it ran; d was cancelled with it
+            self._skipped(work.CLIENT_GONE)
             return
         error = future.exception()
         if error is not None:
@@ -241,13 +294,13 @@ class ProcessDispatcher(Dispatcher):
 
 
 def make_dispatcher(
-    kind: str, reactor: IReactorFromThreads, size: int, observer: WorkObserver = _ignore
+    kind: str, reactor: IReactorFromThreads, size: int, observer: WorkObserver = _ignore, **kwargs: Any
 ) -> Dispatcher:
-    """Build the dispatcher named by ``--dispatch``."""
+    """Build the dispatcher named by ``--dispatch`` (``kwargs``: admission control, see Dispatcher)."""
     if kind == "inline":
-        return InlineDispatcher(observer)
+        return InlineDispatcher(observer, **kwargs)
     if kind == "threads":
-        return ThreadDispatcher(reactor, size, observer)
+        return ThreadDispatcher(reactor, size, observer, **kwargs)
     if kind == "processes":
-        return ProcessDispatcher(reactor, size, observer)
+        return ProcessDispatcher(reactor, size, observer, **kwargs)
     raise ValueError(f"unknown dispatch {kind!r}")

@@ -138,6 +138,16 @@ class Metrics:
         )
         for reason in ("queue_full", "queue_timeout", "draining"):
             self.requests_shed.labels(reason)
+        self.header_timeouts = Counter(
+            "header_timeouts", "Connections closed because a request head was not complete in time.", **kw
+        )
+        self.work_skipped = Counter(
+            "work_skipped", "Queued work not run because its client went away.", ["reason"], **kw
+        )
+        self.work_skipped.labels("client_gone")
+        self.requests_cut = Counter(
+            "requests_cut", "Requests still in flight when the drain timeout ran out.", **kw
+        )
         self.reactor_lag = Histogram(
             "reactor_lag_seconds", "How late a periodic reactor timer fires.", buckets=LAG_BUCKETS, **kw
         )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-from dataserv.connections import CountingProtocol
+from dataserv.connections import ConnectionLimit, DataChannel
 from dataserv.metrics import Metrics
 
 UNMATCHED_ROUTE = "unmatched"
@@ -24,14 +27,19 @@ class MeteredRequest(Request):
     received = 0.0
     # The Deferred the response waits for; cancelled if the client goes away.
     pendingWork = None
+    _counted = False
 
     def process(self) -> None:
         # The head (and body) has arrived: this is "request received".
-        self.received = self.channel.site.seconds()
+        site = self._data_site = self.channel.site
+        self.received = site.seconds()
+        self._counted = True
+        site.in_flight += 1
         super().process()
 
     def connectionLost(self, reason: object) -> None:
         super().connectionLost(reason)
+        self._done()
         pending, self.pendingWork = self.pendingWork, None
         if pending is not None:
             pending.cancel()
@@ -40,25 +48,84 @@ class MeteredRequest(Request):
         super().finish()
         site = self.site
         site.request_finished(self.route, self.method, self.code, site.seconds() - self.received)
+        self._done()
+
+    def _done(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._data_site.request_left()
 
 
 class DataSite(Site):
-    """``Site`` with metered requests, counted connections and twisted.web's per-request log off."""
+    """``Site`` with metered requests, counted connections and twisted.web's per-request log off.
+
+    It also knows its open channels and in-flight requests, for
+    ``--max-connections`` and for draining.
+    """
 
     requestFactory = MeteredRequest
+    protocol = DataChannel
     displayTracebacks = False
 
-    def __init__(self, resource: IResource, metrics: Metrics, clock: IReactorTime, **kwargs: object) -> None:
+    def __init__(
+        self,
+        resource: IResource,
+        metrics: Metrics,
+        clock: IReactorTime,
+        *,
+        header_timeout: float = 0.0,
+        max_connections: int = 0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(resource, reactor=clock, **kwargs)
         self.metrics = metrics
         self.clock = clock
         # Bound once: read twice per request.
         self.seconds = clock.seconds
         self.request_finished = metrics.request_finished
+        self.header_timeout = header_timeout
+        self.limit = ConnectionLimit(max_connections, metrics.accepting.set) if max_connections else None
+        self.channels: set[DataChannel] = set()
+        self.in_flight = 0
+        self.draining = False
+        self._idle_waiters: list[Deferred[None]] = []
 
-    def buildProtocol(self, addr: object) -> CountingProtocol:
-        channel = super().buildProtocol(addr)
-        return CountingProtocol(channel, self.metrics.connection_made, self.metrics.connection_lost)
+    def channel_made(self, channel: DataChannel) -> None:
+        self.channels.add(channel)
+        self.metrics.connection_made()
+        if self.limit is not None:
+            self.limit.update(len(self.channels))
+        if self.draining:
+            channel.loseConnection()
+
+    def channel_lost(self, channel: DataChannel) -> None:
+        self.channels.discard(channel)
+        self.metrics.connection_lost()
+        if self.limit is not None:
+            self.limit.update(len(self.channels))
+
+    def request_left(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0 and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for d in waiters:
+                if not d.called:  # the drain timeout may have fired it already
+                    d.callback(None)
+
+    def start_draining(self) -> None:
+        """From now on: answer with ``Connection: close``; close every connection with nothing in flight."""
+        self.draining = True
+        for channel in list(self.channels):
+            if channel.idle:
+                channel.loseConnection()
+
+    def until_idle(self) -> Deferred[None]:
+        """Fires when no request is in flight."""
+        if self.in_flight == 0:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle_waiters.append(d)
+        return d
 
     def log(self, request: Request) -> None:
         """Access logging is off (twisted.web logs every request by default)."""

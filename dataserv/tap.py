@@ -10,6 +10,7 @@ from twisted.application.service import IServiceCollection, MultiService, Servic
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorCore, IStreamServerEndpoint
+from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
 from twisted.python import usage
@@ -117,6 +118,9 @@ class ListenerService(Service):
         self.address = f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}"
         if hasattr(port, "socket"):
             self.metrics.backlog.add(self.address, lambda: port.socket)
+        limit = getattr(self.factory, "limit", None)
+        if limit is not None:
+            limit.ports.append(port)
         _log.info("dataserv listening on {address} ({description})", address=self.address,
                   description=self.description)
         return port
@@ -128,6 +132,9 @@ class ListenerService(Service):
         if port is None:
             return None
         self.metrics.backlog.remove(self.address)
+        limit = getattr(self.factory, "limit", None)
+        if limit is not None and port in limit.ports:
+            limit.ports.remove(port)
         return maybeDeferred(port.stopListening)
 
 
@@ -154,7 +161,11 @@ def build(options: Any, reactor: IReactorCore, registry: CollectorRegistry | Non
         kind=calibration.kind, iterations=calibration.iterations, ms=options["work-ms"],
         rate=calibration.iterations_per_ms, took=calibration.seconds_spent,
     )
-    dispatcher = make_dispatcher(options["dispatch"], reactor, options["pool-size"], metrics.work_done)
+    dispatcher = make_dispatcher(
+        options["dispatch"], reactor, options["pool-size"], metrics.work_done,
+        max_queue=options["max-queue"], queue_timeout=options["queue-timeout-ms"] / 1000.0,
+        on_skipped=lambda reason: metrics.work_skipped.labels(reason).inc(),
+    )
     metrics.work_pool_size.set(dispatcher.size)
     metrics.work_iterations.set(calibration.iterations)
     metrics.work_queue_depth.set_function(dispatcher.queue_depth)
@@ -163,7 +174,8 @@ def build(options: Any, reactor: IReactorCore, registry: CollectorRegistry | Non
         {"version": dataserv.__version__, "dispatch": options["dispatch"], "work_kind": options["work-kind"]}
     )
     app = DataApp(dispatcher, metrics, calibration, max_work_ms=options["max-work-ms"])
-    site = DataSite(app.resource(), metrics, reactor, timeout=options["idle-timeout"] or None)
+    site = DataSite(app.resource(), metrics, reactor, timeout=options["idle-timeout"] or None,
+                    header_timeout=options["header-timeout"], max_connections=options["max-connections"])
 
     root = OrderedMultiService()
     root.metrics = metrics  # type: ignore[attr-defined]
@@ -173,11 +185,85 @@ def build(options: Any, reactor: IReactorCore, registry: CollectorRegistry | Non
     dispatcher.setName("dispatcher")
     dispatcher.setServiceParent(root)
     ReactorLagProbe(reactor, metrics.reactor_lag.observe).setServiceParent(root)
+    listeners = []
     for i, description in enumerate(options["listen"]):
         listener = ListenerService(serverFromString(reactor, description), description, site, metrics)
         listener.setName(f"listen-{i}")
         listener.setServiceParent(root)
+        listeners.append(listener)
+    drainer = Drainer(reactor, site, app, listeners, metrics, options["drain-timeout"])
+    drainer.setName("drainer")
+    drainer.setServiceParent(root)
+    root.site = site  # type: ignore[attr-defined]
     return root
+
+
+class Drainer(Service):
+    """Graceful drain on SIGTERM, then exit 0.
+
+    Stop listening, answer ``/readyz`` 503, close idle keep-alive connections
+    (the rest close after their response, which says ``Connection: close``),
+    wait for every in-flight request up to ``timeout``, cut and count what is
+    left, then stop the reactor; the service tree then stops the pool last.
+    twistd's own SIGTERM handler stops the reactor at once (and re-raises the
+    signal, exit status -15), so this replaces it once the reactor runs.
+    """
+
+    def __init__(self, reactor: Any, site: DataSite, app: DataApp, listeners: list[ListenerService],
+                 metrics: Metrics, timeout: float) -> None:
+        self.reactor = reactor
+        self.site = site
+        self.app = app
+        self.listeners = listeners
+        self.metrics = metrics
+        self.timeout = timeout
+        self.draining: Deferred[None] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        if hasattr(self.reactor, "callFromThread") and hasattr(self.reactor, "callWhenRunning"):
+            self.reactor.callWhenRunning(self._install)
+
+    def _install(self) -> None:
+        import signal
+
+        signal.signal(signal.SIGTERM, lambda signum, frame: self.reactor.callFromThread(self.drain_and_stop))
+
+    def drain_and_stop(self) -> None:
+        if self.draining is None:
+            self.draining = self.drain()
+            self.draining.addBoth(lambda _: self.reactor.stop())
+
+    @inlineCallbacks
+    def drain(self) -> Any:
+        """Everything up to stopping the reactor; fires when in-flight requests are done or cut."""
+        _log.info("dataserv draining: {n} requests in flight, up to {t} s", n=self.site.in_flight, t=self.timeout)
+        self.app.ready = False
+        self.metrics.accepting.set(0)
+        for listener in self.listeners:
+            yield maybeDeferred(listener.stopService)
+        self.site.start_draining()
+        if self.site.in_flight:
+            idle = self.site.until_idle()
+            timer = self.reactor.callLater(self.timeout, lambda: idle.called or idle.callback(None))
+            yield idle
+            if timer.active():
+                timer.cancel()
+        if self.site.in_flight:
+            _log.warn("dataserv drain timeout: cutting {n} requests", n=self.site.in_flight)
+            self.metrics.requests_cut.inc(self.site.in_flight)
+            for channel in list(self.site.channels):
+                if channel.transport is not None:
+                    channel.transport.abortConnection()
+        # Close what is left gracefully: the last responses may still sit in
+        # write buffers, and the reactor's shutdown would drop them.
+        for channel in list(self.site.channels):
+            channel.loseConnection()
+        for _ in range(200):
+            if not self.site.channels:
+                break
+            yield deferLater(self.reactor, 0.01, lambda: None)
+        _log.info("dataserv drained")
 
 
 def makeService(options: Options) -> IServiceCollection:

@@ -12,6 +12,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 KINDS = ("pbkdf2", "python")
 
@@ -50,6 +51,27 @@ def timed_run(kind: str, iterations: int) -> tuple[str, float, float]:
     thread or process compare with the submitter's.
     """
     started = time.monotonic()
+    digest = _FUNCTIONS[kind](iterations)
+    return digest, started, time.monotonic()
+
+
+QUEUE_TIMEOUT = "queue_timeout"
+CLIENT_GONE = "client_gone"
+
+
+def guarded_run(kind: str, iterations: int, deadline: float, token: object = None) -> tuple[str | None, float, Any]:
+    """``timed_run`` unless the item should no longer run when a worker picks it up.
+
+    Answers ``(digest, started, finished)``, or ``(None, started, reason)``
+    when the item waited past ``deadline`` (``time.monotonic``; 0 = none) or
+    ``token.cancelled`` was set because its client went away: no CPU is
+    spent on an answer nobody will read.
+    """
+    started = time.monotonic()
+    if token is not None and getattr(token, "cancelled", False):
+        return None, started, CLIENT_GONE
+    if deadline and started > deadline:
+        return None, started, QUEUE_TIMEOUT
     digest = _FUNCTIONS[kind](iterations)
     return digest, started, time.monotonic()
 

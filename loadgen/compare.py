@@ -28,7 +28,7 @@ from loadgen.servers import DataservProcess, ServerFailed
 
 # Steps as fractions of the ceiling: below, around and past the knee.
 DEFAULT_FRACTIONS = (0.25, 0.5, 0.7, 0.85, 1.0, 1.15)
-CLEAN_EXITS = (0, -15)  # twistd re-raises SIGTERM on itself after a clean stop
+CLEAN_EXITS = (0,)  # dataserv drains on SIGTERM and exits 0
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataserv.metrics import Metrics
 
 
 class _FailingDispatcher(InlineDispatcher):
-    def _submit(self, kind: str, iterations: int, submitted: float) -> Deferred:
+    def _submit(self, kind: str, iterations: int, submitted: float, deadline: float) -> Deferred:
         return fail(RuntimeError("secret internal detail"))
 
 
@@ -167,7 +167,7 @@ def test_request_duration_uses_the_injected_clock(metrics: Metrics) -> None:
     pending: list[Deferred] = []
 
     class _Held(InlineDispatcher):
-        def _submit(self, kind: str, iterations: int, submitted: float) -> Deferred:
+        def _submit(self, kind: str, iterations: int, submitted: float, deadline: float) -> Deferred:
             d = Deferred()
             pending.append(d)
             return d

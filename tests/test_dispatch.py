@@ -17,13 +17,13 @@ from dataserv.dispatch import InlineDispatcher, ProcessDispatcher, ThreadDispatc
 def test_threads_never_run_the_work_on_the_reactor_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every item runs in a dedicated pool thread; results come back on the reactor thread."""
     ran_in: list[str] = []
-    real = work.timed_run
+    real = work.guarded_run
 
-    def recording(kind: str, iterations: int):
+    def recording(*args):
         ran_in.append(threading.current_thread().name)
-        return real(kind, iterations)
+        return real(*args)
 
-    monkeypatch.setattr(work, "timed_run", recording)
+    monkeypatch.setattr(work, "guarded_run", recording)
     timings: list[tuple[float, float, float]] = []
     dispatcher = ThreadDispatcher(reactor, 2, lambda *t: timings.append(t))
     dispatcher.startService()
