@@ -206,3 +206,52 @@ def test_drain_timeout_cuts_what_is_left(tmp_path: Path) -> None:
     assert code == 0, server.output()
     assert time.monotonic() - started < 5  # 0.5 s drain + the running item finishing in the pool
     assert "cutting 1 requests" in server.output()
+
+
+def test_survives_file_descriptor_exhaustion(tmp_path: Path) -> None:
+    """With a low `ulimit -n` and more connections than fit, the server keeps running and serves again once
+    they close."""
+    import resource
+    import socket
+
+    def low_fd_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    log = tmp_path / "twistd.log"
+    proc = subprocess.Popen(
+        [TWISTD, "-n", "--pidfile=", "--logfile", str(log), "dataserv", "--listen", "tcp:0:interface=127.0.0.1",
+         "--work-ms", "1", "--dispatch", "inline"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, preexec_fn=low_fd_limit,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        port = None
+        while port is None and time.monotonic() < deadline:
+            m = re.search(r"dataserv listening on 127\.0\.0\.1:(\d+)", log.read_text() if log.exists() else "")
+            port = int(m.group(1)) if m else None
+            time.sleep(0.05)
+        assert port, "did not start"
+        held = []
+        for _ in range(100):  # more than 64 descriptors' worth
+            try:
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+            except OSError:
+                break
+        time.sleep(1.0)
+        assert proc.poll() is None, "the server died"
+        assert "EMFILE recovery" in log.read_text()  # the limit was really reached
+        for s in held:
+            s.close()
+        time.sleep(0.5)
+        answer = None
+        for _ in range(20):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    answer = r.read()
+                    break
+            except OSError:
+                time.sleep(0.2)
+        assert answer == b"ok\n"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
