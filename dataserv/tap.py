@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
@@ -218,6 +219,7 @@ class Drainer(Service):
         self.metrics = metrics
         self.timeout = timeout
         self.draining: Deferred[None] | None = None
+        self._previous: Any = None
 
     def startService(self) -> None:
         super().startService()
@@ -225,9 +227,17 @@ class Drainer(Service):
             self.reactor.callWhenRunning(self._install)
 
     def _install(self) -> None:
-        import signal
+        if not self.running or self._previous is not None:
+            return
+        self._previous = signal.signal(
+            signal.SIGTERM, lambda signum, frame: self.reactor.callFromThread(self.drain_and_stop)
+        )
 
-        signal.signal(signal.SIGTERM, lambda signum, frame: self.reactor.callFromThread(self.drain_and_stop))
+    def stopService(self) -> None:
+        super().stopService()
+        previous, self._previous = self._previous, None
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
     def drain_and_stop(self) -> None:
         if self.draining is None:

@@ -141,3 +141,19 @@ def test_service_tree(dispatch: str, cls: type) -> None:
     assert root.metrics.registry.get_sample_value(
         "dataserv_info", {"version": "0.1.0", "dispatch": dispatch, "work_kind": "pbkdf2"}
     ) == 1
+
+
+def test_drainer_takes_sigterm_only_while_running() -> None:
+    """The drain handler replaces SIGTERM's while the service runs and gives it back when it stops."""
+    import signal
+
+    from twisted.internet import reactor
+
+    options = _parse("--work-ms", "0", "-l", "tcp:0:interface=127.0.0.1")
+    drainer = tap.build(options, reactor, CollectorRegistry()).getServiceNamed("drainer")
+    before = signal.getsignal(signal.SIGTERM)
+    drainer.startService()
+    drainer._install()  # what callWhenRunning does once the reactor runs (a second call changes nothing)
+    assert signal.getsignal(signal.SIGTERM) is not before
+    drainer.stopService()
+    assert signal.getsignal(signal.SIGTERM) is before
