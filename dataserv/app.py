@@ -90,8 +90,9 @@ class DataApp:
         d.addCallback(self._digest, request)
         return d
 
-    @staticmethod
-    def _digest(digest: str, request: IRequest) -> bytes:
+    def _digest(self, digest: str, request: IRequest) -> bytes:
+        submitted, started, _ = self.dispatcher.last_timing
+        request.queue_wait = started - submitted  # for the access log
         request.setHeader(b"content-type", _TEXT)
         return digest.encode("ascii") + b"\n"
 

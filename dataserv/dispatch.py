@@ -87,6 +87,7 @@ class Dispatcher(Service):
         self.on_skipped = on_skipped
         self.submitted = 0
         self.completed = 0
+        self.last_timing = (0.0, 0.0, 0.0)  # (submitted, started, finished) of the item just settled
 
     def submit(self, kind: str, iterations: int) -> Deferred[str]:
         """Queue one item of work; the Deferred fires with its hex digest."""
@@ -120,6 +121,8 @@ class Dispatcher(Service):
                 d.errback(Overloaded(finished))
             return
         self.observer(submitted, started, finished)
+        # Read by d's callbacks, which run synchronously just below.
+        self.last_timing = (submitted, started, finished)
         if not d.called:
             d.callback(digest)
 

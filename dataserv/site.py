@@ -75,6 +75,7 @@ class DataSite(Site):
         *,
         header_timeout: float = 0.0,
         max_connections: int = 0,
+        access_log: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(resource, reactor=clock, **kwargs)
@@ -84,6 +85,7 @@ class DataSite(Site):
         self.seconds = clock.seconds
         self.request_finished = metrics.request_finished
         self.header_timeout = header_timeout
+        self.access_log = access_log
         self.limit = ConnectionLimit(max_connections, metrics.accepting.set) if max_connections else None
         self.channels: set[DataChannel] = set()
         self.in_flight = 0
@@ -128,4 +130,12 @@ class DataSite(Site):
         return d
 
     def log(self, request: Request) -> None:
-        """Access logging is off (twisted.web logs every request by default)."""
+        """twisted.web's per-request log hook: ours (``--access-log``) or nothing.
+
+        twisted.web's own access log (one line written per request, on the
+        response path) is never used.
+        """
+        access = self.access_log
+        if access is not None:
+            received = getattr(request, "received", 0.0)
+            access.record(request, getattr(request, "route", UNMATCHED_ROUTE), self.seconds() - received, received)

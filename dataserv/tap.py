@@ -20,6 +20,7 @@ from twisted.web.server import Site
 
 import dataserv
 from dataserv import config as _config
+from dataserv.accesslog import AccessLog
 from dataserv.app import DataApp
 from dataserv.dispatch import make_dispatcher
 from dataserv.metrics import Metrics, ReactorLagProbe
@@ -70,8 +71,6 @@ class Options(usage.Options):
                 _check_endpoint(description)
             if resolved["workers"] != 1:
                 raise _config.ConfigError("--workers: only 1 is supported so far")
-            if resolved["access-log"] != "off":
-                raise _config.ConfigError("--access-log: only 'off' is supported so far")
         except _config.ConfigError as e:
             raise usage.UsageError(str(e)) from None
         self.update(resolved)
@@ -175,8 +174,10 @@ def build(options: Any, reactor: IReactorCore, registry: CollectorRegistry | Non
         {"version": dataserv.__version__, "dispatch": options["dispatch"], "work_kind": options["work-kind"]}
     )
     app = DataApp(dispatcher, metrics, calibration, max_work_ms=options["max-work-ms"])
+    access_log = AccessLog(reactor, options["access-log"]) if options["access-log"] != "off" else None
     site = DataSite(app.resource(), metrics, reactor, timeout=options["idle-timeout"] or None,
-                    header_timeout=options["header-timeout"], max_connections=options["max-connections"])
+                    header_timeout=options["header-timeout"], max_connections=options["max-connections"],
+                    access_log=access_log)
 
     root = OrderedMultiService()
     root.metrics = metrics  # type: ignore[attr-defined]
@@ -186,6 +187,9 @@ def build(options: Any, reactor: IReactorCore, registry: CollectorRegistry | Non
     dispatcher.setName("dispatcher")
     dispatcher.setServiceParent(root)
     ReactorLagProbe(reactor, metrics.reactor_lag.observe).setServiceParent(root)
+    if access_log is not None:
+        access_log.setName("access-log")
+        access_log.setServiceParent(root)  # stopped after the listeners: the last records are flushed
     listeners = []
     for i, description in enumerate(options["listen"]):
         listener = ListenerService(serverFromString(reactor, description), description, site, metrics)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -255,3 +256,18 @@ def test_survives_file_descriptor_exhaustion(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
+
+
+@pytest.mark.parametrize("fmt", ["json", "combined"])
+def test_access_log_has_one_record_per_request(tmp_path: Path, fmt: str) -> None:
+    server = Twistd(tmp_path, "--work-ms", "1", "--access-log", fmt)
+    for path in ("/data", "/data?work_ms=0", "/nope"):
+        server.get(path)
+    assert server.terminate() == 0  # stopping flushes the last batch
+    lines = [line for line in server.output().splitlines() if "[dataserv.access#info]" in line]
+    assert len(lines) == 3
+    if fmt == "json":
+        records = [json.loads(line.split("[dataserv.access#info] ", 1)[1]) for line in lines]
+        assert [(r["route"], r["status"]) for r in records] == [("/data", 200), ("/data", 200), ("unmatched", 404)]
+    else:
+        assert '"GET /data?work_ms=0 HTTP/1.1" 200 65' in lines[1]
