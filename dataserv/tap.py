@@ -79,6 +79,12 @@ class Options(usage.Options):
 def _check_endpoint(description: str) -> None:
     try:
         serverFromString(MemoryReactor(), description)
+    except IndexError:
+        # The systemd: endpoint looks its socket up in LISTEN_FDS at parse time.
+        raise _config.ConfigError(
+            f"--listen {description}: no such socket passed by systemd (LISTEN_FDS); "
+            "start it from the dataserv.socket unit"
+        ) from None
     except (ValueError, TypeError, KeyError) as e:
         raise _config.ConfigError(f"--listen: bad endpoint {description!r}: {e}") from None
 

@@ -57,6 +57,7 @@ def test_inline_pool_is_one() -> None:
         (["--work-kind", "sha1"], "--work-kind must be one of pbkdf2, python, got 'sha1'"),
         (["--max-queue", "-3"], "--max-queue must be an integer >= 0, got '-3'"),
         (["--listen", "bogus:1"], "--listen: bad endpoint 'bogus:1'"),
+        (["--listen", "systemd:domain=INET:index=0"], "--listen systemd:domain=INET:index=0: no such socket"),
         (["--bogus"], "option --bogus not recognized"),
         (["--config", "/nonexistent/dataserv.cfg"], "--config: cannot read /nonexistent/dataserv.cfg"),
     ],
