@@ -12,6 +12,7 @@ import struct
 import sys
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -194,10 +195,13 @@ class Metrics:
         self.work_queue_wait.observe(max(0.0, started - submitted))
         self.work_duration.observe(max(0.0, finished - started))
 
+    # With --workers: this worker's registry plus its siblings' (dataserv.workers.CombinedRegistry).
+    combined: Any = None
+
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """The registry in the format the Accept header asks for: (body, content type)."""
         encoder, content_type = choose_encoder(accept or "")
-        return encoder(self.registry), content_type
+        return encoder(self.combined if self.combined is not None else self.registry), content_type
 
 
 # Methods outside this set share one label value, so a client cannot blow up cardinality.

@@ -40,8 +40,13 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", "c", None, "INI file with a [dataserv] section; keys are long option names."],
+        # Internal, set by the --workers parent for each worker process.
+        ["worker-index", None, None, "(internal) this worker's index under --workers"],
+        ["metrics-dir", None, None, "(internal) where --workers siblings share their metrics"],
     ] + [[name, None, None, f"{text} [default: {default}]" if default else text]
          for name, (default, _, text) in _config.OPTIONS.items()]
+
+    optFlags = [["reuse-port", None, "(internal) listen with SO_REUSEPORT: a worker under --workers"]]
 
     def __init__(self) -> None:
         super().__init__()
@@ -69,8 +74,11 @@ class Options(usage.Options):
             resolved = _config.resolve(cli, self["listen"], file_values)
             for description in resolved["listen"]:
                 _check_endpoint(description)
-            if resolved["workers"] != 1:
-                raise _config.ConfigError("--workers: only 1 is supported so far")
+            if resolved["workers"] > 1:
+                for description in resolved["listen"]:
+                    if not description.startswith(("tcp:", "tcp6:")):
+                        raise _config.ConfigError(
+                            f"--workers {resolved['workers']} needs tcp: or tcp6: endpoints, got {description!r}")
         except _config.ConfigError as e:
             raise usage.UsageError(str(e)) from None
         self.update(resolved)
@@ -197,8 +205,24 @@ def build(options: Any, reactor: IReactorCore, registry: CollectorRegistry | Non
         access_log.setName("access-log")
         access_log.setServiceParent(root)  # stopped after the listeners: the last records are flushed
     listeners = []
-    for i, description in enumerate(options["listen"]):
-        listener = ListenerService(serverFromString(reactor, description), description, site, metrics)
+    endpoints = [(serverFromString(reactor, d), d) for d in options["listen"]]
+    if options.get("reuse-port"):  # a --workers child: its own socket on the shared port
+        from twisted.internet.endpoints import AdoptedStreamServerEndpoint
+
+        from dataserv.workers import reuse_port_socket
+
+        endpoints = []
+        for description in options["listen"]:
+            sock, _ = reuse_port_socket(description, listen=True)
+            endpoints.append((AdoptedStreamServerEndpoint(reactor, sock.detach(), sock.family), description))
+    if options.get("metrics-dir") and options.get("worker-index") is not None:
+        from dataserv.workers import CombinedRegistry, SiblingMetrics
+
+        index = int(options["worker-index"])
+        metrics.combined = CombinedRegistry(metrics.registry, options["metrics-dir"], index)
+        SiblingMetrics(reactor, metrics.registry, options["metrics-dir"], index).setServiceParent(root)
+    for i, (endpoint, description) in enumerate(endpoints):
+        listener = ListenerService(endpoint, description, site, metrics)
         listener.setName(f"listen-{i}")
         listener.setServiceParent(root)
         listeners.append(listener)
@@ -290,4 +314,21 @@ def makeService(options: Options) -> IServiceCollection:
     """twistd entry point: resolve the global reactor here, and only here."""
     from twisted.internet import reactor
 
+    if options["workers"] > 1:
+        return build_supervisor(options, reactor)
     return build(options, reactor)
+
+
+def build_supervisor(options: Any, reactor: Any) -> MultiService:
+    """``--workers N``: a parent that owns the sockets and runs N worker processes."""
+    from dataserv.workers import WorkerSupervisor
+
+    argv: list[str] = []
+    for name in _config.OPTIONS:
+        if name not in ("workers",) and options[name] is not None:
+            argv += [f"--{name}", str(options[name])]
+    root = MultiService()
+    supervisor = WorkerSupervisor(reactor, argv, options["listen"], options["workers"])
+    supervisor.setName("supervisor")
+    supervisor.setServiceParent(root)
+    return root

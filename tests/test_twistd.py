@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -271,3 +272,49 @@ def test_access_log_has_one_record_per_request(tmp_path: Path, fmt: str) -> None
         assert [(r["route"], r["status"]) for r in records] == [("/data", 200), ("/data", 200), ("unmatched", 404)]
     else:
         assert '"GET /data?work_ms=0 HTTP/1.1" 200 65' in lines[1]
+
+
+def test_workers_share_the_port_restart_and_drain(tmp_path: Path) -> None:
+    """--workers 2: both processes serve the shared port, /metrics shows both whichever answers, a killed
+    worker is restarted, and SIGTERM drains them all and exits 0."""
+    import shutil
+
+    server = Twistd(tmp_path, "--workers", "2", "--work-ms", "1")
+    try:
+        workers = set()
+        deadline = time.monotonic() + 20
+        while len(workers) < 2 and time.monotonic() < deadline:
+            workers = _children(server.proc.pid)
+            time.sleep(0.1)
+        assert len(workers) == 2
+        for _ in range(40):
+            assert server.get("/data")[0] == 200
+        time.sleep(1.5)  # siblings publish their metrics every second
+        _, _, text = server.get("/metrics")
+        counts = {m.group(1): float(m.group(2)) for m in re.finditer(
+            r'^dataserv_requests_total\{code="200",method="GET",route="/data",worker="(\d)"\} (\S+)', text, re.M)}
+        assert set(counts) == {"0", "1"} and sum(counts.values()) == 40
+        promtool = shutil.which("promtool")
+        assert promtool, "promtool is needed (Debian package prometheus)"
+        check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+        victim = sorted(workers)[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            now = _children(server.proc.pid)
+            if len(now) == 2 and victim not in now:
+                break
+            time.sleep(0.1)
+        assert len(now) == 2 and victim not in now, "the killed worker was not replaced"
+        time.sleep(1.5)
+        assert server.get("/data")[0] == 200
+        workers = now
+    finally:
+        code = server.terminate()
+    assert code == 0, server.output()
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in workers if _alive(pid)]
+    assert "restarting" in server.output()
