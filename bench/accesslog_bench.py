@@ -3,7 +3,8 @@
     python bench/accesslog_bench.py [--runs 3] [--seconds 5] [--json out.json]
 
 Each run starts one dataserv (threads dispatch) per format, logging to a real
-file in a temporary directory, and drives it with wrk (-t1 -c16).
+file in a temporary directory, and drives it with wrk (-t1 -c16). json-file is
+--access-log json with --access-log-file (its own file, no twistd formatting).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from _common import TWISTD, Server, free_port, machine, median, wrk
 
-FORMATS = ("off", "combined", "json")
+FORMATS = ("off", "combined", "json", "json-file")
 
 
 def main() -> None:
@@ -33,7 +34,10 @@ def main() -> None:
                 port = free_port()
                 log = Path(tmp) / f"{fmt}-{run}.log"
                 argv = [TWISTD, "-n", "--pidfile=", "--logfile", str(log), "dataserv",
-                        "-l", f"tcp:{port}:interface=127.0.0.1", "--access-log", fmt]
+                        "-l", f"tcp:{port}:interface=127.0.0.1", "--access-log", fmt.split("-")[0]]
+                own = Path(tmp) / f"access-{run}.log"
+                if fmt == "json-file":  # the access log's own file, lines as they are
+                    argv += ["--access-log-file", str(own)]
                 with Server(argv, port) as s:
                     wrk(s.url("/data?work_ms=0"), seconds=1, connections=16)
                     rps = wrk(s.url("/data?work_ms=0"), seconds=args.seconds, connections=16)["rps"]
@@ -41,6 +45,8 @@ def main() -> None:
                 # twistd rotates its log at 1 MB: count the rotated files too
                 lines = sum(1 for f in log.parent.glob(log.name + "*") for line in f.open()
                             if "dataserv.access" in line)
+                if fmt == "json-file":
+                    lines = sum(1 for _ in own.open())
                 print(f"  {fmt:9} {rps:9.1f} rps  ({lines} access-log lines)", flush=True)
     med = {f: median(v) for f, v in samples.items()}
     ratios = {f"{f} / off": med[f] / med["off"] for f in FORMATS[1:]}

@@ -7,19 +7,27 @@ on the injected clock formats and emits the buffer every 100 ms, one
 ``twisted.logger`` event per request, in the ``combined`` (Apache) or
 ``json`` format.  At most ``MAX_PENDING`` records wait; past that, records
 are dropped and counted rather than let memory grow.
+
+By default the events go to the global log publisher, i.e. into twistd's
+log, where twistd's observer prefixes each with a timestamp and namespace.
+With ``--access-log-file PATH`` they go to a Logger of their own whose
+observer writes each line as it is to PATH and flushes once per batch; that
+is several times cheaper than twistd's per-event formatting and flushing.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections import deque
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
+from zope.interface import implementer
 
 FORMATS = ("off", "combined", "json")
 MAX_PENDING = 100_000
@@ -41,30 +49,62 @@ def combined_line(r: tuple[Any, ...]) -> str:
             f"{status} {length or '-'} {esc(_text(referrer) or '-')} {esc(_text(agent) or '-')}")
 
 
+_second_cache: list[Any] = [None, ""]
+
+
+def _iso_millis(when: float) -> str:
+    """ISO-8601 UTC with milliseconds; the date and time part is built once per second."""
+    second = int(when)
+    if _second_cache[0] != second:
+        _second_cache[0] = second
+        _second_cache[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{_second_cache[1]}.{int((when - second) * 1000):03d}+00:00"
+
+
 def json_line(r: tuple[Any, ...]) -> str:
-    """One JSON object per request."""
+    """One JSON object per request.
+
+    Built with an f-string rather than ``json.dumps`` of a dict (about half the
+    cost): only the client-supplied strings (method, path) need JSON escaping;
+    the rest are numbers, a route template and an address.
+    """
     (when, request_id, method, route, uri, _, status, length, duration, queue_wait, peer, _, _) = r
-    return json.dumps({
-        "time": datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds"),
-        "request_id": request_id,
-        "method": _text(method, 16),
-        "route": route,
-        "path": _text(uri),
-        "status": status,
-        "bytes": length,
-        "duration_ms": round(duration * 1000.0, 3),
-        "queue_wait_ms": None if queue_wait is None else round(queue_wait * 1000.0, 3),
-        "peer": peer,
-    }, separators=(",", ":"))
+    wait = "null" if queue_wait is None else f"{queue_wait * 1000.0:.3f}"
+    return (f'{{"time":"{_iso_millis(when)}","request_id":{request_id},"method":{json.dumps(_text(method, 16))},'
+            f'"route":"{route}","path":{json.dumps(_text(uri))},"status":{status},"bytes":{length or 0},'
+            f'"duration_ms":{duration * 1000.0:.3f},"queue_wait_ms":{wait},"peer":"{peer}"}}')
+
+
+@implementer(ILogObserver)
+class LineFileObserver:
+    """Writes each event's ``line`` to a file, unformatted; flushed by its owner once per batch."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.file: IO[str] = sys.stdout if path == "-" else open(path, "a", buffering=1 << 16, encoding="utf-8")
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.file.write(event["line"])
+        self.file.write("\n")
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if self.file is not sys.stdout:
+            self.file.close()
 
 
 class AccessLog(Service):
     """Buffers request records and emits them as twisted.logger events in batches."""
 
-    def __init__(self, clock: IReactorTime, fmt: str) -> None:
+    def __init__(self, clock: IReactorTime, fmt: str, path: str | None = None) -> None:
         if fmt not in ("combined", "json"):
             raise ValueError(f"unknown access log format {fmt!r}")
         self.format = json_line if fmt == "json" else combined_line
+        self.observer = LineFileObserver(path) if path else None
+        self.log = Logger(namespace="dataserv.access", observer=self.observer) if self.observer else _log
         self.pending: deque[tuple[Any, ...]] = deque()
         self.dropped = 0
         self.next_id = 0
@@ -86,9 +126,11 @@ class AccessLog(Service):
         ))
 
     def flush(self) -> None:
-        pending, fmt = self.pending, self.format
+        pending, fmt, info = self.pending, self.format, self.log.info
         while pending:
-            _log.info("{line}", line=fmt(pending.popleft()))
+            info("{line}", line=fmt(pending.popleft()))
+        if self.observer is not None:
+            self.observer.flush()
         if self.dropped:
             _log.warn("access log: dropped {n} records (buffer full)", n=self.dropped)
             self.dropped = 0
@@ -102,3 +144,5 @@ class AccessLog(Service):
         if self._loop.running:
             self._loop.stop()
         self.flush()
+        if self.observer is not None:
+            self.observer.close()

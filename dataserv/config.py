@@ -48,6 +48,12 @@ def _non_negative_float(name: str, raw: str) -> float:
     return value
 
 
+def _path(name: str, raw: str) -> str:
+    if not raw or "\0" in raw:
+        raise ConfigError(f"--{name} must be a file path or -, got {raw!r}")
+    return raw
+
+
 def _choice(*choices: str) -> Callable[[str, str], str]:
     def parse(name: str, raw: str) -> str:
         if raw not in choices:
@@ -80,6 +86,7 @@ OPTIONS: dict[str, tuple[str | None, Callable[[str, str], Any], str]] = {
     "drain-timeout": ("30", _non_negative_float,
                       "On SIGTERM, seconds to finish in-flight requests before exiting."),
     "access-log": ("off", _choice("off", "combined", "json"), "Per-request log: off, combined or json."),
+    "access-log-file": (None, _path, "Write access logs to this file (- for stdout) instead of twistd's log."),
     "workers": ("1", _positive_int, "Reactor processes sharing the listening sockets."),
 }
 

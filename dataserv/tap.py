@@ -188,7 +188,9 @@ def build(options: Any, reactor: IReactorCore, registry: CollectorRegistry | Non
         {"version": dataserv.__version__, "dispatch": options["dispatch"], "work_kind": options["work-kind"]}
     )
     app = DataApp(dispatcher, metrics, calibration, max_work_ms=options["max-work-ms"])
-    access_log = AccessLog(reactor, options["access-log"]) if options["access-log"] != "off" else None
+    access_log = None
+    if options["access-log"] != "off":
+        access_log = AccessLog(reactor, options["access-log"], options["access-log-file"])
     site = DataSite(app.resource(), metrics, reactor, timeout=options["idle-timeout"] or None,
                     header_timeout=options["header-timeout"], max_connections=options["max-connections"],
                     access_log=access_log)
@@ -326,6 +328,10 @@ def build_supervisor(options: Any, reactor: Any) -> MultiService:
     argv: list[str] = []
     for name in _config.OPTIONS:
         if name not in ("workers",) and options[name] is not None:
+            if name == "access-log-file" and options[name] != "-":
+                # one file per worker: they do not share a buffered file
+                argv += [f"--{name}", f"{options[name]}.worker-{{index}}"]
+                continue
             argv += [f"--{name}", str(options[name])]
     root = MultiService()
     supervisor = WorkerSupervisor(reactor, argv, options["listen"], options["workers"])

@@ -144,7 +144,8 @@ class WorkerSupervisor(Service):
     def spawn(self, index: int) -> None:
         child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
         listen = [arg for concrete in self.concrete for arg in ("--listen", concrete)]
-        argv = [TWISTD, "-n", "--pidfile=", "--logfile=-", "dataserv", *self.argv, *listen, "--reuse-port",
+        options = [arg.replace("{index}", str(index)) for arg in self.argv]  # per-worker file names
+        argv = [TWISTD, "-n", "--pidfile=", "--logfile=-", "dataserv", *options, *listen, "--reuse-port",
                 "--worker-index", str(index), "--metrics-dir", self.metrics_dir]
         protocol = _Worker(self, index)
         self.protocols[index] = protocol

@@ -89,3 +89,22 @@ def test_buffer_is_bounded(metrics: Metrics, access_events: list, monkeypatch: p
     assert len(access_events) == 3 and "dropped 2 records" in access_events[-1]["log_format"].replace(
         "{n}", str(access_events[-1]["n"]))
     access.stopService()
+
+
+def test_own_file_gets_bare_lines_flushed_per_batch(metrics: Metrics, tmp_path, access_events: list) -> None:
+    """--access-log-file: lines go to that file as they are (not to twistd's log), once per batch."""
+    path = tmp_path / "access.log"
+    stub = StubTreq(DataApp(InlineDispatcher(), metrics, fixed_calibration()).resource())
+    clock = stub._agent._memoryReactor
+    access = AccessLog(clock, "json", str(path))
+    app = DataApp(InlineDispatcher(metrics.work_done), metrics, fixed_calibration())
+    stub._agent._serverFactory = DataSite(app.resource(), metrics, clock, access_log=access)
+    access.startService()
+    for _ in range(3):
+        _get(stub, "http://x/data")
+    assert path.read_text() == ""  # nothing until the batch
+    clock.advance(0.1)
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["request_id"] for line in lines] == [1, 2, 3]
+    assert access_events == []  # not in the global log
+    access.stopService()
