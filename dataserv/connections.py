@@ -65,6 +65,20 @@ class DataChannel(HTTPChannel):
             self.persistent = False
         super().writeHeaders(version, code, reason, headers)
 
+    _host: Any = None
+
+    def getHost(self) -> Any:
+        """The local address, asked of the socket once per connection, not once per request.
+
+        twisted.web's Request asks for it on every request, and the TCP
+        transport answers with a ``getsockname`` system call each time; the
+        local address of a connection never changes.
+        """
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()
+        return host
+
     @property
     def idle(self) -> bool:
         """No request in progress and none partly received."""

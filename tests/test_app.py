@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import fixed_calibration, sample, stub_client
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
 
 from dataserv import work
 from dataserv.app import DataApp, parse_work_ms
@@ -192,3 +193,25 @@ def test_connections_are_counted(metrics: Metrics) -> None:
     assert accepted == 3
     done = sample(metrics, "dataserv_connections_done_total")
     assert sample(metrics, "dataserv_connections_open") == accepted - done
+
+
+def test_channel_asks_the_socket_for_its_address_once(metrics: Metrics) -> None:
+    """Requests on one connection share the channel's local address: one getsockname, not one per request."""
+    from twisted.internet.testing import StringTransport
+
+    from dataserv.site import DataSite
+
+    calls = []
+
+    class CountingTransport(StringTransport):
+        def getHost(self):
+            calls.append(1)
+            return super().getHost()
+
+    site = DataSite(_app(metrics).resource(), metrics, Clock())
+    channel = site.buildProtocol(None)
+    channel.makeConnection(CountingTransport())
+    for _ in range(3):
+        channel.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert channel.transport.value().count(b"200 OK") == 3
+    assert len(calls) == 1
