@@ -56,8 +56,10 @@ class DataChannel(HTTPChannel):
         super().allHeadersReceived()
 
     def requestDone(self, request: Any) -> None:
-        super().requestDone(request)
+        # Before super(): it may go straight on to a pipelined request already
+        # buffered, whose head completing must leave this False.
         self._awaiting_head = True
+        super().requestDone(request)
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
         if self.site.draining:
