@@ -81,23 +81,29 @@ def main() -> None:
         time.sleep(0.5)
 
     med = {k: median(v) for k, v in samples.items()}
-    ratios = {}
+    # Each ratio is taken within one run (the two figures measured seconds
+    # apart), then the median over runs: this shared machine's speed drifts
+    # between runs by more than the effects measured.
+    pairs = {}
     if "throughput" in parts:
-        c = med[f"ceiling {cores} threads rps"]
-        ratios["threads keep-alive / ceiling"] = med["threads keep-alive rps"] / c
-        ratios["threads close / ceiling"] = med["threads close rps"] / c
-        c1 = med["ceiling 1 thread rps"]
-        ratios["inline keep-alive / 1-core ceiling"] = med["inline keep-alive rps"] / c1
-        ratios["inline close / 1-core ceiling"] = med["inline close rps"] / c1
+        pairs.update({
+            "threads keep-alive / ceiling": ("threads keep-alive rps", f"ceiling {cores} threads rps"),
+            "threads close / ceiling": ("threads close rps", f"ceiling {cores} threads rps"),
+            "inline keep-alive / 1-core ceiling": ("inline keep-alive rps", "ceiling 1 thread rps"),
+            "inline close / 1-core ceiling": ("inline close rps", "ceiling 1 thread rps"),
+        })
     if "fixed" in parts:
-        ratios["/healthz dataserv / bare"] = med["dataserv /healthz rps"] / med["bare /healthz rps"]
-        ratios["/data?work_ms=0 dataserv / bare threadpool"] = (
-            med["dataserv /data?work_ms=0 rps"] / med["bare /data (threadpool) rps"]
-        )
+        pairs.update({
+            "/healthz dataserv / bare": ("dataserv /healthz rps", "bare /healthz rps"),
+            "/data?work_ms=0 dataserv / bare threadpool": ("dataserv /data?work_ms=0 rps",
+                                                           "bare /data (threadpool) rps"),
+        })
+    ratios = {name: median([x / y for x, y in zip(samples[a], samples[b], strict=True)])
+              for name, (a, b) in pairs.items()}
     print("\nmedians:")
     for k, v in med.items():
         print(f"  {k:<40} {v:10.1f}")
-    print("ratios (per-run medians, same run):")
+    print("ratios (median over runs of the ratio within each run):")
     for k, v in ratios.items():
         print(f"  {k:<44} {v:6.3f}")
     if args.json:
