@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -123,6 +124,19 @@ def machine() -> dict:
     except OSError:
         pass
     return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "twisted": twisted.__version__}
+
+
+def print_ratios(ratios: dict[str, float], width: int = 44) -> None:
+    print("ratios:")
+    for name, value in ratios.items():
+        print(f"  {name:{width}} {value:6.3f}")
+
+
+def save_results(path: str | None, args: object, samples: dict, medians: dict, ratios: dict) -> None:
+    """The raw samples beside the medians and ratios, with the machine they came from (if ``path``)."""
+    if path:
+        Path(path).write_text(json.dumps({"machine": machine(), "args": vars(args), "samples": samples,
+                                          "medians": medians, "ratios": ratios}, indent=2))
 
 
 def median(values: list[float]) -> float:

@@ -10,12 +10,11 @@ file in a temporary directory, and drives it with wrk (-t1 -c16). json-file is
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
-from _common import TWISTD, Server, free_port, machine, median, wrk
+from _common import TWISTD, Server, free_port, median, save_results, wrk
 
 FORMATS = ("off", "combined", "json", "json-file")
 
@@ -52,9 +51,7 @@ def main() -> None:
     ratios = {f"{f} / off": med[f] / med["off"] for f in FORMATS[1:]}
     print("\nmedians:", {f: round(v, 1) for f, v in med.items()})
     print("ratios:", {k: round(v, 3) for k, v in ratios.items()})
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "args": vars(args), "samples": samples,
-                                               "medians": med, "ratios": ratios}, indent=2))
+    save_results(args.json, args, samples, med, ratios)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import free_port, machine, median, wait_http
+from _common import free_port, median, save_results, wait_http
 
 LOCUSTFILE = '''
 from locust import constant, task
@@ -215,9 +215,7 @@ def main() -> None:
     print("ratios:")
     for k, v in ratios.items():
         print(f"  {k:48} {v:6.2f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "args": vars(args), "samples": samples,
-                                               "medians": med, "ratios": ratios}, indent=2))
+    save_results(args.json, args, samples, med, ratios)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import Server, machine, median
+from _common import Server, median, save_results
 
 CONFIGS = {
     "admission on": [],
@@ -97,9 +97,7 @@ def main() -> None:
     print("ratios:")
     for k, v in ratios.items():
         print(f"  {k:36} {v:6.3f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "args": vars(args), "samples": samples,
-                                               "medians": med, "ratios": ratios}, indent=2))
+    save_results(args.json, args, samples, med, ratios)
 
 
 if __name__ == "__main__":

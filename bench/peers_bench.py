@@ -12,12 +12,10 @@ run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from pathlib import Path
 
-from _common import HERE, Server, free_port, machine, median, wrk
+from _common import HERE, Server, free_port, median, save_results, wrk
 from service_bench import ceiling
 
 PEERS = {"aiohttp": "aiohttp_server.py", "fastapi": "fastapi_server.py", "twisted-web": "twisted_web.py"}
@@ -68,9 +66,7 @@ def main() -> None:
     print("ratios:")
     for k, v in ratios.items():
         print(f"  {k:36} {v:6.3f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "args": vars(args), "samples": samples,
-                                               "medians": med, "ratios": ratios}, indent=2))
+    save_results(args.json, args, samples, med, ratios)
 
 
 if __name__ == "__main__":

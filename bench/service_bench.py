@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from _common import HERE, Server, machine, median, wrk
+from _common import HERE, Server, median, save_results, wrk
 
 
 def ceiling(threads: int, iterations: int, seconds: float) -> float:
@@ -106,10 +106,7 @@ def main() -> None:
     print("ratios (median over runs of the ratio within each run):")
     for k, v in ratios.items():
         print(f"  {k:<44} {v:6.3f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "args": vars(args), "samples": samples, "medians": med,
-                       "ratios": ratios}, f, indent=2)
+    save_results(args.json, args, samples, med, ratios)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,8 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-from _common import HERE, Server, machine, median, wrk
+from _common import HERE, Server, median, save_results, wrk
 
 
 def ceiling(kind: str, iterations: int, seconds: float, processes: int) -> float:
@@ -58,9 +57,7 @@ def main() -> None:
     print("\nratios to the ceiling:")
     for k, v in ratios.items():
         print(f"  {k:36} {v:6.3f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "args": vars(args), "samples": samples,
-                                               "medians": med, "ratios": ratios}, indent=2))
+    save_results(args.json, args, samples, med, ratios)
 
 
 if __name__ == "__main__":
