@@ -114,6 +114,24 @@ def machine_info() -> dict[str, Any]:
             "dataserv": v("dataserv"), "treq": v("treq")}
 
 
+async def sweep(reactor: Any, target: Target, settings: Settings, ceiling_rps: float, work_ms: float,
+                connection: str, scrape_url: str | None, progress: Any = None) -> RunResult:
+    """Open-model steps at ``settings.fractions`` of the ceiling, stopping early per ``settings.stop_when``;
+    the knee is the one of SPEC, its p99 limit ``settings.knee_p99_ms`` or else
+    max(3x the lowest step's p99, 25x the work time)."""
+    plans = [Plan(model="open", rate=round(f * ceiling_rps, 3), duration=settings.step_duration,
+                  warmup=settings.warmup if i == 0 else 0.0, connection=connection, timeout=settings.timeout,
+                  max_in_flight=settings.max_in_flight) for i, f in enumerate(settings.fractions)]
+    stop = [parse_stop_when(settings.stop_when)] if settings.stop_when else None
+    steps = await run_steps(reactor, target, plans, scrape_url, progress=progress, stop_when=stop)
+    result = RunResult(target=f"http://{target.host_header.decode()}{target.path.decode()}", model="open",
+                       connection=connection, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), steps=steps)
+    if steps:
+        limit = settings.knee_p99_ms or max(default_p99_limit_ms(steps), 25.0 * work_ms)
+        result.knee = find_knee(steps, limit)
+    return result
+
+
 async def run_configuration(reactor: Any, config: Configuration, settings: Settings, out_dir: Path,
                             client: Any, progress: Any = None) -> dict[str, Any]:
     """Start, sweep, overload and stop one configuration; answer its entry of results.json."""
@@ -129,17 +147,9 @@ async def run_configuration(reactor: Any, config: Configuration, settings: Setti
         await server.start(client)
         target = Target(address="127.0.0.1", port=server.port, host_header=f"127.0.0.1:{server.port}".encode(),
                         path=b"/data")
-        plans = [Plan(model="open", rate=round(f * config.ceiling_rps, 3), duration=settings.step_duration,
-                      warmup=settings.warmup if i == 0 else 0.0, connection=config.connection,
-                      timeout=settings.timeout, max_in_flight=settings.max_in_flight)
-                 for i, f in enumerate(settings.fractions)]
-        stop = [parse_stop_when(settings.stop_when)] if settings.stop_when else None
-        steps = await run_steps(reactor, target, plans, server.metrics_url, progress=progress, stop_when=stop)
-        result = RunResult(target=server.url + "/data", model="open", connection=config.connection,
-                           started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), steps=steps)
-        if steps:
-            limit = settings.knee_p99_ms or max(default_p99_limit_ms(steps), 25.0 * config.work_ms)
-            result.knee = find_knee(steps, limit)
+        result = await sweep(reactor, target, settings, config.ceiling_rps, config.work_ms, config.connection,
+                             server.metrics_url, progress)
+        steps = result.steps
         entry["result"] = result.to_dict()
         entry["knee_rps"] = result.knee["rps"] if result.knee else None
         iterations = [s.server.get("work_iterations") for s in steps if s.server]

@@ -9,6 +9,8 @@ threads / pbkdf2 / keep-alive configuration.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,10 +20,8 @@ from typing import Any
 
 from twisted.internet.task import deferLater
 
-from loadgen.analysis import default_p99_limit_ms, find_knee, parse_stop_when
-from loadgen.engine import Plan, Target
-from loadgen.results import RunResult
-from loadgen.runner import run_steps
+from loadgen.compare import sweep
+from loadgen.engine import Target
 
 PEER_SCRIPTS = {"aiohttp": "aiohttp_server.py", "fastapi": "fastapi_server.py", "twisted-web": "twisted_web.py"}
 
@@ -96,26 +96,14 @@ async def run_peers(reactor: Any, peers: list[Peer], entries: list[dict[str, Any
             proc = await _start(reactor, peer, port, ref["work_iterations"], ref["pool_size"], "pbkdf2", client,
                                 out_dir / "logs" / f"peer-{peer.name}.log")
             target = Target(address="127.0.0.1", port=port, host_header=f"127.0.0.1:{port}".encode(), path=b"/data")
-            plans = [Plan(model="open", rate=round(f * ref["ceiling_rps"], 3), duration=settings.step_duration,
-                          warmup=settings.warmup if i == 0 else 0.0, connection="keep-alive",
-                          timeout=settings.timeout, max_in_flight=settings.max_in_flight)
-                     for i, f in enumerate(settings.fractions)]
-            stop = [parse_stop_when(settings.stop_when)] if settings.stop_when else None
-            steps = await run_steps(reactor, target, plans, None, progress=progress, stop_when=stop)
-            result = RunResult(target=f"http://127.0.0.1:{port}/data", model="open", connection="keep-alive",
-                               started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), steps=steps)
-            if steps:
-                limit = settings.knee_p99_ms or max(default_p99_limit_ms(steps), 25.0 * ref["work_ms"])
-                result.knee = find_knee(steps, limit)
+            result = await sweep(reactor, target, settings, ref["ceiling_rps"], ref["work_ms"], "keep-alive", None,
+                                 progress)
             entry["result"] = result.to_dict()
             entry["knee_rps"] = result.knee["rps"] if result.knee else None
         except Exception as e:  # noqa: BLE001 - a peer that fails is reported, not fatal
             entry["error"] = f"peer-{peer.name}: {e}"
         finally:
             if proc is not None:
-                import os
-                import signal
-
                 try:
                     os.killpg(proc.pid, signal.SIGTERM)
                 except ProcessLookupError:
