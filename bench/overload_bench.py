@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import Server, median, save_results
+from _common import Server, median, print_ratios, save_results
 
 CONFIGS = {
     "admission on": [],
@@ -94,9 +94,7 @@ def main() -> None:
     for k, v in med.items():
         print(f"  {k:22} goodput {v['goodput']:6.1f}  admitted p99 {v['admitted_p99_ms']:8.1f} ms  "
               f"rss peak {v['rss_peak_mb']:.0f} MB  errors {v['errors']:.0f}")
-    print("ratios:")
-    for k, v in ratios.items():
-        print(f"  {k:36} {v:6.3f}")
+    print_ratios(ratios, 36)
     save_results(args.json, args, samples, med, ratios)
 
 

@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from _common import HERE, Server, free_port, median, save_results, wrk
+from _common import HERE, Server, free_port, median, print_ratios, save_results, wrk
 from service_bench import ceiling
 
 PEERS = {"aiohttp": "aiohttp_server.py", "fastapi": "fastapi_server.py", "twisted-web": "twisted_web.py"}
@@ -63,9 +63,7 @@ def main() -> None:
     print("\nmedians:")
     for name, m in med.items():
         print(f"  {name:14} {m['rps']:8.1f} rps  p99 {m.get('p99_ms', '-')} ms")
-    print("ratios:")
-    for k, v in ratios.items():
-        print(f"  {k:36} {v:6.3f}")
+    print_ratios(ratios, 36)
     save_results(args.json, args, samples, med, ratios)
 
 

@@ -52,6 +52,17 @@ _WANTED = frozenset({
     "dataserv_reactor_lag_seconds_bucket", "dataserv_work_iterations",
     "dataserv_work_duration_seconds_sum", "dataserv_work_duration_seconds_count",
 })
+# Single-series names and the ServerSample field each one sets.
+_SCALARS = {
+    "dataserv_connections_accepted_total": "accepted",
+    "dataserv_connections_done_total": "done",
+    "dataserv_connections_open": "open",
+    "dataserv_work_queue_depth": "queue_depth",
+    "dataserv_request_duration_seconds_count": "requests",  # of ROUTE only
+    "dataserv_work_iterations": "work_iterations",
+    "dataserv_work_duration_seconds_sum": "work_seconds_sum",
+    "dataserv_work_duration_seconds_count": "work_count",
+}
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
@@ -94,28 +105,16 @@ def parse_exposition(text: str, t: float, route: str = ROUTE) -> ServerSample:
     buckets: dict[float, float] = {}
     lag: dict[float, float] = {}
     for name, labels, value in _samples(text):
-        if name == "dataserv_connections_accepted_total":
-            sample.accepted = value
-        elif name == "dataserv_connections_done_total":
-            sample.done = value
-        elif name == "dataserv_connections_open":
-            sample.open = value
+        field = _SCALARS.get(name)
+        if field is not None:
+            if field != "requests" or labels.get("route") == route:
+                setattr(sample, field, value)
         elif name == "dataserv_listen_backlog":
             backlog = (backlog or 0.0) + value
-        elif name == "dataserv_work_queue_depth":
-            sample.queue_depth = value
         elif name == "dataserv_requests_shed_total":
             shed = (shed or 0.0) + value
         elif name == "dataserv_request_duration_seconds_bucket" and labels.get("route") == route:
             buckets[float(labels["le"])] = value
-        elif name == "dataserv_request_duration_seconds_count" and labels.get("route") == route:
-            sample.requests = value
-        elif name == "dataserv_work_iterations":
-            sample.work_iterations = value
-        elif name == "dataserv_work_duration_seconds_sum":
-            sample.work_seconds_sum = value
-        elif name == "dataserv_work_duration_seconds_count":
-            sample.work_count = value
         elif name == "dataserv_reactor_lag_seconds_bucket":
             lag[float(labels["le"])] = value
     sample.backlog, sample.shed = backlog, shed
