@@ -156,7 +156,8 @@ class OrderedMultiService(MultiService):
     """A ``MultiService`` that stops its children one at a time, last added first.
 
     ``MultiService`` stops all children at once; we need listening to stop
-    before the pool does, since a stopped ``ThreadPool`` silently drops work.
+    before the pool does: a stopped pool takes no more work (Twisted's
+    ``ThreadPool`` would even drop it silently).
     """
 
     @inlineCallbacks

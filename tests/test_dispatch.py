@@ -54,19 +54,18 @@ def test_thread_pool_reports_depth_and_in_progress() -> None:
     dispatcher.startService()
     release = threading.Event()
     try:
-        blocker = dispatcher.submit("pbkdf2", 1)  # occupy the only worker...
-        dispatcher.pool.callInThread(release.wait)  # ...and hold the queue behind it
-        ds = [dispatcher.submit("pbkdf2", 1) for _ in range(3)]
-        for _ in range(100):  # let the worker pick up the first item
+        dispatcher.pool.call(lambda ok, result: None, release.wait)  # occupy the only worker
+        ds = [dispatcher.submit("pbkdf2", 1) for _ in range(4)]  # ...so these wait behind it
+        for _ in range(100):  # let the worker pick up the blocker
             if dispatcher.in_progress() == 1:
                 break
             yield _sleep(0.01)
         assert dispatcher.in_progress() == 1
-        assert dispatcher.queue_depth() >= 3
+        assert dispatcher.queue_depth() == 4
         assert dispatcher.outstanding == 4
         release.set()
-        yield gatherResults([blocker, *ds])
-        assert dispatcher.queue_depth() == 0
+        yield gatherResults(ds)
+        assert (dispatcher.queue_depth(), dispatcher.in_progress(), dispatcher.outstanding) == (0, 0, 0)
     finally:
         release.set()
         yield dispatcher.stopService()
@@ -89,6 +88,8 @@ def test_threads_stop_joins_the_pool() -> None:
     yield dispatcher.stopService()
     assert not any(t.is_alive() for t in threads)
     assert dispatcher.pool.joined
+    with pytest.raises(RuntimeError):
+        dispatcher.pool.call(lambda ok, result: None, int)  # no silent drop after stop
 
 
 @pytest.mark.slow
