@@ -9,7 +9,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-from dataserv.connections import ConnectionLimit, DataChannel
+from dataserv.connections import ConnectionLimit, DataChannel, TimeoutSweeper
 from dataserv.metrics import Metrics
 
 UNMATCHED_ROUTE = "unmatched"
@@ -74,23 +74,36 @@ class DataSite(Site):
         clock: IReactorTime,
         *,
         header_timeout: float = 0.0,
+        idle_timeout: float = 0.0,
         max_connections: int = 0,
         access_log: Any = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(resource, reactor=clock, **kwargs)
+        # timeout=None: twisted.web's per-connection idle timer is off; the
+        # sweeper below enforces --idle-timeout (and --header-timeout).
+        super().__init__(resource, reactor=clock, timeout=None, **kwargs)
         self.metrics = metrics
         self.clock = clock
         # Bound once: read twice per request.
         self.seconds = clock.seconds
         self.request_finished = metrics.request_finished
         self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
         self.access_log = access_log
         self.limit = ConnectionLimit(max_connections, metrics.accepting.set) if max_connections else None
         self.channels: set[DataChannel] = set()
+        self.sweeper = TimeoutSweeper(clock, self.channels, header_timeout, idle_timeout)
         self.in_flight = 0
         self.draining = False
         self._idle_waiters: list[Deferred[None]] = []
+
+    def startFactory(self) -> None:
+        super().startFactory()
+        self.sweeper.start()
+
+    def stopFactory(self) -> None:
+        self.sweeper.stop()
+        super().stopFactory()
 
     def channel_made(self, channel: DataChannel) -> None:
         self.channels.add(channel)

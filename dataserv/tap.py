@@ -192,7 +192,7 @@ def build(options: Any, reactor: IReactorCore, registry: CollectorRegistry | Non
     access_log = None
     if options["access-log"] != "off":
         access_log = AccessLog(reactor, options["access-log"], options["access-log-file"])
-    site = DataSite(app.resource(), metrics, reactor, timeout=options["idle-timeout"] or None,
+    site = DataSite(app.resource(), metrics, reactor, idle_timeout=options["idle-timeout"],
                     header_timeout=options["header-timeout"], max_connections=options["max-connections"],
                     access_log=access_log)
 

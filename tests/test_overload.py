@@ -168,6 +168,29 @@ def test_slow_request_head_is_cut_and_others_are_served() -> None:
         yield root.stopService()
 
 
+@pytest_twisted.inlineCallbacks
+def test_idle_keep_alive_connection_is_closed_after_idle_timeout() -> None:
+    """A keep-alive connection left idle after a response is closed by the server after --idle-timeout."""
+    root, port = _start("--idle-timeout", "0.5", "--work-ms", "1")
+
+    def idle_client() -> tuple[bytes, float]:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = s.recv(4096)
+            answered = time.monotonic()
+            while s.recv(4096):  # b"" when the server closes
+                pass
+            return answer, time.monotonic() - answered
+
+    try:
+        answer, idle_for = yield threads.deferToThread(idle_client)
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert 0.4 <= idle_for < 2.0, idle_for
+        assert _value(root, "dataserv_connections_open") == 0
+    finally:
+        yield root.stopService()
+
+
 MALFORMED = [
     b"GARBAGE\r\n\r\n",
     b"GET\r\n\r\n",
