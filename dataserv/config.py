@@ -70,6 +70,9 @@ OPTIONS: dict[str, tuple[str | None, Callable[[str, str], Any], str]] = {
                  "thread pool) or processes (a process pool)."),
     "pool-size": (None, _positive_int, "Workers in the dedicated pool (default: the CPU count)."),
     "work-ms": ("4.0", _non_negative_float, "CPU time of one /data request, calibrated at start-up."),
+    "work-iterations": (None, _positive_int,
+                        "Iterations for --work-ms instead of calibrating (to repeat a run with the work "
+                        "another run calibrated: its dataserv_work_iterations)."),
     "work-kind": ("pbkdf2", _choice(*WORK_KINDS),
                   "pbkdf2 (hashlib.pbkdf2_hmac, releases the GIL) or python (a pure-Python loop, holds it)."),
     "max-work-ms": ("100", _non_negative_float,
@@ -140,5 +143,7 @@ def resolve(cli: Mapping[str, Any], listen: list[str], file_values: Mapping[str,
         resolved["pool-size"] = os.cpu_count() or 1
     if resolved["dispatch"] == "inline":
         resolved["pool-size"] = 1
+    if resolved["work-iterations"] is not None and resolved["work-ms"] <= 0:
+        raise ConfigError("--work-iterations needs a --work-ms above 0 (the time those iterations stand for)")
     resolved["listen"] = list(listen) or list(file_values.get("listen") or [DEFAULT_LISTEN])
     return resolved

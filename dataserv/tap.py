@@ -20,12 +20,12 @@ from twisted.web.server import Site
 
 import dataserv
 from dataserv import config as _config
+from dataserv import work
 from dataserv.accesslog import AccessLog
 from dataserv.app import DataApp
 from dataserv.dispatch import make_dispatcher
 from dataserv.metrics import Metrics, ReactorLagProbe
 from dataserv.site import DataSite
-from dataserv.work import calibrate
 
 _log = Logger()
 
@@ -170,12 +170,17 @@ class OrderedMultiService(MultiService):
 def build(options: Any, reactor: IReactorCore, registry: CollectorRegistry | None = None) -> MultiService:
     """The service tree for resolved ``options``, on ``reactor``; nothing listens until it starts."""
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
-    calibration = calibrate(options["work-kind"], options["work-ms"])
-    _log.info(
-        "dataserv calibrated {kind}: {iterations} iterations = {ms} ms of CPU ({rate:.0f}/ms, took {took:.2f} s)",
-        kind=calibration.kind, iterations=calibration.iterations, ms=options["work-ms"],
-        rate=calibration.iterations_per_ms, took=calibration.seconds_spent,
-    )
+    if options.get("work-iterations"):
+        calibration = work.fixed(options["work-kind"], options["work-ms"], options["work-iterations"])
+        _log.info("dataserv work: {iterations} iterations of {kind} for {ms} ms (--work-iterations, not calibrated)",
+                  kind=calibration.kind, iterations=calibration.iterations, ms=options["work-ms"])
+    else:
+        calibration = work.calibrate(options["work-kind"], options["work-ms"])
+        _log.info(
+            "dataserv calibrated {kind}: {iterations} iterations = {ms} ms of CPU ({rate:.0f}/ms, took {took:.2f} s)",
+            kind=calibration.kind, iterations=calibration.iterations, ms=options["work-ms"],
+            rate=calibration.iterations_per_ms, took=calibration.seconds_spent,
+        )
     dispatcher = make_dispatcher(
         options["dispatch"], reactor, options["pool-size"], metrics.work_done,
         max_queue=options["max-queue"], queue_timeout=options["queue-timeout-ms"] / 1000.0,

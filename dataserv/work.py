@@ -104,6 +104,13 @@ def _cpu_ms(kind: str, iterations: int) -> float:
     return (time.thread_time() - t0) * 1000.0
 
 
+def fixed(kind: str, work_ms: float, iterations: int) -> Calibration:
+    """The calibration another run measured: ``iterations`` stand for ``work_ms`` (> 0)."""
+    if kind not in _FUNCTIONS:
+        raise ValueError(f"unknown work kind {kind!r}")
+    return Calibration(kind=kind, iterations_per_ms=iterations / work_ms, work_ms=work_ms, seconds_spent=0.0)
+
+
 def calibrate(kind: str, work_ms: float, *, probe_ms: float = 20.0, rounds: int = 5) -> Calibration:
     """Measure the iterations per CPU millisecond of ``kind`` on this machine.
 

@@ -56,6 +56,8 @@ def test_inline_pool_is_one() -> None:
         (["--dispatch", "fibers"], "--dispatch must be one of inline, threads, processes, got 'fibers'"),
         (["--work-kind", "sha1"], "--work-kind must be one of pbkdf2, python, got 'sha1'"),
         (["--max-queue", "-3"], "--max-queue must be an integer >= 0, got '-3'"),
+        (["--work-iterations", "0"], "--work-iterations must be a positive integer, got '0'"),
+        (["--work-iterations", "500", "--work-ms", "0"], "--work-iterations needs a --work-ms above 0"),
         (["--listen", "bogus:1"], "--listen: bad endpoint 'bogus:1'"),
         (["--listen", "systemd:domain=INET:index=0"], "--listen systemd:domain=INET:index=0: no such socket"),
         (["--bogus"], "option --bogus not recognized"),
@@ -142,6 +144,15 @@ def test_service_tree(dispatch: str, cls: type) -> None:
     assert root.metrics.registry.get_sample_value(
         "dataserv_info", {"version": "0.1.0", "dispatch": dispatch, "work_kind": "pbkdf2"}
     ) == 1
+
+
+def test_work_iterations_replace_calibration() -> None:
+    """--work-iterations: exactly that work, no calibration; ?work_ms= scales from it."""
+    options = _parse("--work-ms", "4", "--work-iterations", "12345", "-l", "tcp:0")
+    root = tap.build(options, Clock(), CollectorRegistry())
+    assert root.metrics.registry.get_sample_value("dataserv_work_iterations") == 12345
+    assert root.app.calibration.iterations_for(2.0) == round(12345 / 2)
+    assert root.app.calibration.seconds_spent == 0.0
 
 
 def test_drainer_takes_sigterm_only_while_running() -> None:
