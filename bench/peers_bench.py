@@ -1,12 +1,15 @@
 """Top /data throughput of dataserv (threads) and its peers, measured with wrk, side by side.
 
-    python bench/peers_bench.py [--runs 3] [--seconds 5] [--connections 16] [--json out.json]
+    python bench/peers_bench.py [--runs 3] [--seconds 5] [--connections 16] [--work-ms 4] [--json out.json]
 
-Every server gets the pbkdf2 iteration count dataserv calibrated (read from
-its /metrics), the same pool size (the CPU count) and the same wrk command;
-the ceiling (the same call back-to-back in pool-size threads, no server) is
-measured in the same run.  Servers run one at a time, in the same order each
-run.
+Every server gets the pbkdf2 iteration count dataserv calibrated for
+--work-ms (read from its /metrics), the same pool size (the CPU count) and
+the same wrk command; the ceiling (the same call back-to-back in pool-size
+threads, no server) is measured in the same run.  Servers run one at a time;
+the order is reversed every other run, so a drift of the machine's speed
+within a run does not favour one side.  Ratios are taken within each run
+(dataserv against each peer measured seconds apart) and the median over runs
+is reported.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--work-ms", type=float, default=4.0, help="the work per request (dataserv calibrates it)")
     parser.add_argument("--json")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
@@ -38,32 +42,39 @@ def main() -> None:
 
     for run in range(args.runs):
         print(f"run {run + 1}/{args.runs}", flush=True)
-        with Server.dataserv("--dispatch", "threads", "--pool-size", str(cores)) as s:
-            iterations = int(s.metric("dataserv_work_iterations"))
-            wrk(s.url("/data"), seconds=1, connections=args.connections)
-            add("dataserv", wrk(s.url("/data"), seconds=args.seconds, connections=args.connections))
-        for name, script in PEERS.items():
-            port = free_port()
-            argv = [sys.executable, str(HERE / "peers" / script), str(port), "--iterations", str(iterations),
-                    "--pool-size", str(cores)]
-            with Server(argv, port) as p:
-                wrk(p.url("/data"), seconds=1, connections=args.connections)
-                add(name, wrk(p.url("/data"), seconds=args.seconds, connections=args.connections))
+        # Started first and kept for the whole run: the peers get the
+        # iteration count this very server calibrated and runs.
+        with Server.dataserv("--dispatch", "threads", "--pool-size", str(cores), "--work-ms", str(args.work_ms)) as ds:
+            iterations = int(ds.metric("dataserv_work_iterations"))
+            order = ["dataserv", *PEERS]
+            for name in order if run % 2 == 0 else reversed(order):
+                if name == "dataserv":
+                    wrk(ds.url("/data"), seconds=1, connections=args.connections)
+                    add(name, wrk(ds.url("/data"), seconds=args.seconds, connections=args.connections))
+                    continue
+                port = free_port()
+                with Server([sys.executable, str(HERE / "peers" / PEERS[name]), str(port),
+                             "--iterations", str(iterations), "--pool-size", str(cores)], port) as peer:
+                    wrk(peer.url("/data"), seconds=1, connections=args.connections)
+                    add(name, wrk(peer.url("/data"), seconds=args.seconds, connections=args.connections))
         add("ceiling", {"rps": ceiling(cores, iterations, args.seconds)})
     med = {name: {k: median([r[k] for r in rows if r.get(k) is not None])
                   for k in ("rps", "p50_ms", "p99_ms") if any(r.get(k) is not None for r in rows)}
            for name, rows in samples.items()}
-    best_peer = max(PEERS, key=lambda n: med[n]["rps"])
-    ratios = {
-        "dataserv / ceiling": med["dataserv"]["rps"] / med["ceiling"]["rps"],
-        f"dataserv / best peer ({best_peer})": med["dataserv"]["rps"] / med[best_peer]["rps"],
-    }
+
+    def within_runs(a: str, b: str, key: str = "rps") -> float:
+        return median([x[key] / y[key] for x, y in zip(samples[a], samples[b], strict=True)])
+
+    ratios = {"dataserv / ceiling": within_runs("dataserv", "ceiling")}
     for name in PEERS:
-        ratios[f"{name} / ceiling"] = med[name]["rps"] / med["ceiling"]["rps"]
+        ratios[f"dataserv / {name}"] = within_runs("dataserv", name)
+        ratios[f"dataserv / {name}, p99 (lower is better)"] = within_runs("dataserv", name, "p99_ms")
+    for name in PEERS:
+        ratios[f"{name} / ceiling"] = within_runs(name, "ceiling")
     print("\nmedians:")
     for name, m in med.items():
         print(f"  {name:14} {m['rps']:8.1f} rps  p99 {m.get('p99_ms', '-')} ms")
-    print_ratios(ratios, 36)
+    print_ratios(ratios, 46)
     save_results(args.json, args, samples, med, ratios)
 
 
