@@ -126,3 +126,37 @@ def test_inline_runs_on_the_calling_thread() -> None:
     submitted, started, finished = seen[0]
     assert 0 <= started - submitted < 0.01 and finished > started
     assert (dispatcher.queue_depth(), dispatcher.in_progress(), dispatcher.size) == (0, 0, 1)
+
+
+def test_work_threads_hand_back_failures_and_survive_a_failing_callback() -> None:
+    """An exception in the work comes back as (False, Failure); one in on_result is logged, not fatal."""
+    from twisted.logger import globalLogPublisher
+
+    from dataserv.dispatch import WorkThreads
+
+    pool = WorkThreads(1, "test-work")
+    pool.start()
+    results: list[tuple[bool, object]] = []
+    done = threading.Event()
+    logged: list[dict] = []
+    globalLogPublisher.addObserver(logged.append)
+
+    def boom() -> None:
+        raise ValueError("secret")
+
+    def bad_callback(ok: bool, result: object) -> None:
+        raise RuntimeError("callback broke")
+
+    try:
+        pool.call(lambda ok, result: results.append((ok, result)), boom)
+        pool.call(bad_callback, int)
+        pool.call(lambda ok, result: (results.append((ok, result)), done.set()), lambda: 7)
+        assert done.wait(5)
+    finally:
+        pool.stop()
+        globalLogPublisher.removeObserver(logged.append)
+    (ok1, failure), (ok2, value) = results
+    assert not ok1 and failure.check(ValueError)
+    assert ok2 and value == 7  # the thread outlived the broken callback
+    assert any(e.get("log_failure") is not None and e["log_failure"].check(RuntimeError) for e in logged)
+    assert not any(t.is_alive() for t in pool.threads)
