@@ -242,13 +242,22 @@ class WorkThreads:
             except BaseException:
                 _log.failure("{name}: handing back a result failed", name=self.name)
 
-    def stop(self) -> None:
-        """Blocking: let the queued items run, then end and join every thread."""
-        self.joined = True
-        for _ in self.threads:
-            self._queue.put(None)
+    def close(self) -> None:
+        """Take no more items; the queued ones still run, then every thread ends.  Does not block."""
+        if not self.joined:
+            self.joined = True
+            for _ in self.threads:
+                self._queue.put(None)
+
+    def join(self) -> None:
+        """Blocking: wait for every thread to end (after :meth:`close`)."""
         for thread in self.threads:
             thread.join()
+
+    def stop(self) -> None:
+        """Blocking: :meth:`close`, then :meth:`join`."""
+        self.close()
+        self.join()
 
     def waiting(self) -> int:
         return self._queue.qsize()
@@ -274,7 +283,8 @@ class ThreadDispatcher(Dispatcher):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        return _stop_in_thread(self._reactor, self.pool.stop, "dataserv-work")
+        self.pool.close()  # here, on the reactor thread: no submission can slip in behind the stop
+        return _stop_in_thread(self._reactor, self.pool.join, "dataserv-work")
 
     def _submit(self, kind: str, iterations: int, submitted: float, deadline: float) -> Deferred[str]:
         # The worker hands its result straight to _settle on the reactor
