@@ -15,7 +15,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -186,8 +186,19 @@ async def run_compare(reactor: Any, configs: list[Configuration], settings: Sett
     (out_dir / "logs").mkdir(exist_ok=True)
     client = make_client(reactor)
     entries = []
+    # The first configuration of each work kind calibrates; the others run
+    # the same iteration count (dataserv --work-iterations), so that every
+    # row does the same work: a calibration moves by 10-20% with a shared
+    # machine's load, more than the differences between configurations.
+    iterations: dict[str, int] = {}
     for config in configs:
-        entries.append(await run_configuration(reactor, config, settings, out_dir, client, progress))
+        pinned = iterations.get(config.work_kind)
+        if pinned and not any(a.startswith("--work-iterations") for a in config.extra_args):
+            config = replace(config, extra_args=[*config.extra_args, "--work-iterations", str(pinned)])
+        entry = await run_configuration(reactor, config, settings, out_dir, client, progress)
+        if entry.get("work_iterations"):
+            iterations.setdefault(config.work_kind, entry["work_iterations"])
+        entries.append(entry)
     document = {"machine": machine_info(), "settings": asdict(settings), "configurations": entries}
     if peers:
         from loadgen.peers import run_peers

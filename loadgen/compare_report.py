@@ -188,6 +188,8 @@ def build_report(document: dict[str, Any], plots: list[str] | None = None) -> st
         + (f"{settings['knee_p99_ms']:g} ms." if settings.get("knee_p99_ms") else
            "3x the lowest step's p99 or 25x the work time, whichever is larger."),
         "",
+        _work_sentence(document.get("configurations", [])),
+        "",
         "## Knee per configuration",
         "",
         "| configuration | dispatch | work | connection | pool | ceiling rps | knee rps | p99 at knee ms | knee / ceiling | work ms measured | reactor lag p99 ms |",
@@ -305,3 +307,16 @@ def plot_overload(document: dict[str, Any], path: Any) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _work_sentence(entries: list[dict[str, Any]]) -> str:
+    """Which iteration count each work kind ran: the first configuration calibrated it, the others reused it."""
+    counts: dict[str, set[int]] = {}
+    for e in entries:
+        if e.get("work_iterations"):
+            counts.setdefault(e["work_kind"], set()).add(int(e["work_iterations"]))
+    if not counts:
+        return "The work was calibrated by each server at start-up."
+    parts = [f"{kind} {', '.join(f'{n:,}' for n in sorted(ns))} iterations" for kind, ns in sorted(counts.items())]
+    return ("The first configuration of each work kind calibrated the work and the others ran the same "
+            f"iteration count (`--work-iterations`), so that every row does the same work: {'; '.join(parts)}.")

@@ -100,6 +100,14 @@ def test_report_carries_every_row_and_problem(document: dict) -> None:
     assert "2 CPUs (test cpu)" in report
 
 
+def test_report_says_which_work_every_row_ran(document: dict) -> None:
+    assert "calibrated by each server" in build_report(document)  # the fixture records no iterations
+    for entry, n in zip(document["configurations"], [17609, 17609, 41767, 41767, None], strict=True):
+        entry["work_iterations"] = n
+    report = build_report(document)
+    assert "pbkdf2 17,609 iterations; python 41,767 iterations." in report
+
+
 def test_plots_are_pngs(document: dict, tmp_path: Path) -> None:
     plot_latency(document, tmp_path / "l.png")
     plot_overload(document, tmp_path / "o.png")
@@ -154,6 +162,8 @@ def test_short_real_compare(tmp_path: Path) -> None:
     assert document["machine"]["cpus"] == os.cpu_count()
     entries = {e["name"]: e for e in document["configurations"]}
     assert set(entries) == {"inline-pbkdf2-keep-alive", "threads-pbkdf2-keep-alive"}
+    # the first configuration calibrated; the second ran the same work
+    assert entries["inline-pbkdf2-keep-alive"]["work_iterations"] == entries["threads-pbkdf2-keep-alive"]["work_iterations"]
     report = (out / "report.md").read_text()
     for entry in entries.values():
         assert entry["error"] is None and entry["exit_code"] == 0
