@@ -87,8 +87,6 @@ class DataSite(Site):
         # Bound once: read twice per request.
         self.seconds = clock.seconds
         self.request_finished = metrics.request_finished
-        self.header_timeout = header_timeout
-        self.idle_timeout = idle_timeout
         self.access_log = access_log
         self.limit = ConnectionLimit(max_connections, metrics.accepting.set) if max_connections else None
         self.channels: set[DataChannel] = set()
