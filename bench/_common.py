@@ -143,3 +143,12 @@ def median(values: list[float]) -> float:
     s = sorted(values)
     n = len(s)
     return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def median_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """The median over runs of the ratio within each run (the two figures measured seconds apart).
+
+    This shared machine's speed drifts between runs by more than the effects
+    measured, so figures from different runs are never divided.
+    """
+    return median([x / y for x, y in zip(numerators, denominators, strict=True)])

@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import Server, median, print_ratios, save_results
+from _common import Server, median, median_ratio, print_ratios, save_results
 
 CONFIGS = {
     "admission on": [],
@@ -104,8 +104,8 @@ def main() -> None:
         for m in multipliers[1:]:
             rows = samples.get(f"{name} {m:g}x")
             if base and rows:
-                ratios[f"{name}: goodput {m:g}x / 1x"] = median(
-                    [row["goodput"] / b["goodput"] for row, b in zip(rows, base, strict=True)])
+                ratios[f"{name}: goodput {m:g}x / 1x"] = median_ratio([r["goodput"] for r in rows],
+                                                                       [r["goodput"] for r in base])
     print("\nmedians:")
     for k, v in med.items():
         print(f"  {k:22} goodput {v['goodput']:6.1f}  admitted p99 {v['admitted_p99_ms']:8.1f} ms  "

@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-from _common import HERE, Server, free_port, median, print_ratios, save_results, wrk
+from _common import HERE, Server, free_port, median, median_ratio, print_ratios, save_results, wrk
 from service_bench import ceiling
 
 PEERS = {"aiohttp": "aiohttp_server.py", "fastapi": "fastapi_server.py", "twisted-web": "twisted_web.py"}
@@ -63,7 +63,7 @@ def main() -> None:
            for name, rows in samples.items()}
 
     def within_runs(a: str, b: str, key: str = "rps") -> float:
-        return median([x[key] / y[key] for x, y in zip(samples[a], samples[b], strict=True)])
+        return median_ratio([r[key] for r in samples[a]], [r[key] for r in samples[b]])
 
     ratios = {"dataserv / ceiling": within_runs("dataserv", "ceiling")}
     for name in PEERS:

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-from _common import HERE, Server, median, save_results, wrk
+from _common import HERE, Server, median, median_ratio, save_results, wrk
 
 
 def ceiling(threads: int, iterations: int, seconds: float) -> float:
@@ -85,9 +85,6 @@ def main() -> None:
         time.sleep(0.5)
 
     med = {k: median(v) for k, v in samples.items()}
-    # Each ratio is taken within one run (the two figures measured seconds
-    # apart), then the median over runs: this shared machine's speed drifts
-    # between runs by more than the effects measured.
     pairs = {}
     if "throughput" in parts:
         pairs.update({
@@ -102,8 +99,7 @@ def main() -> None:
             "/data?work_ms=0 dataserv / bare threadpool": ("dataserv /data?work_ms=0 rps",
                                                            "bare /data (threadpool) rps"),
         })
-    ratios = {name: median([x / y for x, y in zip(samples[a], samples[b], strict=True)])
-              for name, (a, b) in pairs.items()}
+    ratios = {name: median_ratio(samples[a], samples[b]) for name, (a, b) in pairs.items()}
     print("\nmedians:")
     for k, v in med.items():
         print(f"  {k:<40} {v:10.1f}")
