@@ -12,7 +12,12 @@ error handlers are declared with Klein, and the table is built from Klein's
 own ``url_map``) and answers the static routes directly.  Anything else (a
 path that is not a static route, a method the route does not allow, a route
 with variables) goes through Klein's full render unchanged, so 404s, 405s and
-dynamic routes behave exactly as Klein makes them.
+dynamic routes behave exactly as Klein makes them, except for input Klein
+cannot take: a Host or path that is not UTF-8 (Klein answers 400 but logs a
+traceback per request) or a Host that is not a valid host name (werkzeug's
+``url_map.bind`` raises ``BadHost`` outside Klein's error handlers: a 500).
+Those get a 400 from the app's error handlers here, counted and logged one
+line at most (:mod:`dataserv.badinput`).
 
 A static route's handler may answer ``bytes``, ``str`` or a ``Deferred`` of
 them; other results (Klein ``Response`` objects, resources, templates) are
@@ -30,6 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
+from werkzeug.exceptions import BadHost, BadRequest
 
 _log = Logger()
 
@@ -52,6 +58,20 @@ def _gone(request: IRequest) -> bool:
     return bool(request.finished or getattr(request, "_disconnected", False))
 
 
+def _undecodable(request: IRequest) -> str | None:
+    """``"host"`` or ``"path"`` when Klein could not decode it as UTF-8, else ``None``."""
+    try:
+        request.getRequestHostname().decode("utf-8")
+    except UnicodeDecodeError:
+        return "host"
+    try:
+        for segment in (*request.prepath, *request.postpath):  # percent-decoded by twisted.web
+            segment.decode("utf-8")
+    except UnicodeDecodeError:
+        return "path"
+    return None
+
+
 def _write_whole(request: IRequest, body: bytes) -> None:
     # As twisted.web does for a body answered at once: with its length, not chunked.
     request.setHeader(b"content-length", b"%d" % len(body))
@@ -69,7 +89,7 @@ class FastKleinResource(KleinResource):
     def render(self, request: IRequest) -> Any:
         route = self._static.get(request.path)
         if route is None or request.method not in route[1]:
-            return super().render(request)
+            return self._render_by_klein(request)
         endpoint = route[0]
         app = self._app
         try:
@@ -98,6 +118,17 @@ class FastKleinResource(KleinResource):
                               "static routes answer bytes, str or a Deferred of them")),
             request, app._error_handlers,
         )
+
+    def _render_by_klein(self, request: IRequest) -> Any:
+        problem = _undecodable(request)
+        if problem is None:
+            try:
+                return super().render(request)
+            except BadHost:  # raised by url_map.bind, before Klein has done anything else
+                problem = "host"
+        shown = (request.method[:16] + b" " + request.uri[:100]).decode("ascii", "backslashreplace")
+        request.site.bad_input.reject(problem, f"invalid {problem} in {shown}")
+        return self._failed(Failure(BadRequest(f"invalid {problem}")), request, self._app._error_handlers)
 
     @staticmethod
     def _body(value: Any, request: IRequest) -> bytes:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import re
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -20,23 +20,27 @@ _log = Logger()
 
 _TEXT = b"text/plain; charset=utf-8"
 
+# A plain decimal number, at most 20 characters: "4", "0.25", ".5", "10.".
+_DECIMAL = re.compile(rb"(?=.{1,20}\Z)(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)", re.S)
+
 
 def parse_work_ms(raw: bytes | None, max_work_ms: float) -> float | None:
     """The ``?work_ms=`` override as a float, ``None`` when absent.
 
-    Raises ``ValueError`` with a one-line reason when it is not a finite
-    number in ``[0, max_work_ms]`` or when overrides are disabled.
+    Raises ``ValueError`` with a one-line reason when it is not a plain
+    decimal number (digits, at most one point: no sign, exponent,
+    underscores, spaces, ``inf`` or ``nan``, which Python's ``float`` would
+    take) in ``[0, max_work_ms]``, or when overrides are disabled.
     """
     if raw is None:
         return None
     if max_work_ms <= 0:
         raise ValueError("work_ms override is disabled on this server (--max-work-ms 0)")
-    try:
-        value = float(raw.decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
+    if _DECIMAL.fullmatch(raw) is None:
         shown = raw[:40].decode("ascii", "replace")
-        raise ValueError(f"work_ms must be a number, got {shown!r}") from None
-    if not math.isfinite(value) or not 0 <= value <= max_work_ms:
+        raise ValueError(f"work_ms must be a plain decimal number, got {shown!r}")
+    value = float(raw)
+    if not value <= max_work_ms:
         raise ValueError(f"work_ms must be between 0 and {max_work_ms:g}, got {value:g}")
     return value
 
@@ -83,6 +87,7 @@ class DataApp:
         try:
             work_ms = parse_work_ms(raw[-1] if raw else None, self.max_work_ms)
         except ValueError as e:
+            self.metrics.bad_requests.labels("work_ms").inc()
             return _plain(request, 400, str(e))
         calibration = self.calibration
         iterations = calibration.iterations if work_ms is None else calibration.iterations_for(work_ms)

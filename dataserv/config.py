@@ -86,6 +86,8 @@ OPTIONS: dict[str, tuple[str | None, Callable[[str, str], Any], str]] = {
     "idle-timeout": ("15", _non_negative_float, "Seconds before an idle keep-alive connection is closed."),
     "header-timeout": ("10", _non_negative_float,
                        "Seconds a client has to send a complete request head."),
+    "body-timeout": ("30", _non_negative_float,
+                     "Seconds a client has, after a request head, to send the whole body."),
     "drain-timeout": ("30", _non_negative_float,
                       "On SIGTERM, seconds to finish in-flight requests before exiting."),
     "access-log": ("off", _choice("off", "combined", "json"), "Per-request log: off, combined or json."),

@@ -17,11 +17,8 @@ from typing import Any
 
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
-
-_log = Logger()
 
 
 class DataChannel(HTTPChannel):
@@ -30,6 +27,9 @@ class DataChannel(HTTPChannel):
     ``--header-timeout``: from the first byte of a request until its head is
     complete, at most that long (a slowloris client trickling header bytes
     resets twisted.web's idle timer forever, but not this one).
+    ``--body-timeout``: from the end of a request head until its body is
+    complete, at most that long (a body trickled a byte at a time would
+    otherwise hold the connection forever, each byte restarting the idle time).
     ``--idle-timeout``: no request in progress and no byte received for that
     long.  Both are enforced by the site's :class:`TimeoutSweeper`, not by a
     timer per connection: the channel only notes when things happened.
@@ -40,6 +40,7 @@ class DataChannel(HTTPChannel):
     site: Any  # DataSite, set by Site.buildProtocol
     _awaiting_head = True
     _head_since: float | None = None  # first byte of a request head not yet complete
+    _body_since: float | None = None  # head complete, body not yet
     _last_seen = 0.0  # last byte received or response finished
 
     def connectionMade(self) -> None:
@@ -61,6 +62,29 @@ class DataChannel(HTTPChannel):
         self._awaiting_head = False
         self._head_since = None
         super().allHeadersReceived()
+        if self.length != 0:  # a Content-Length above 0, or chunked (None): a body follows
+            self._body_since = self.site.seconds()
+
+    def allContentReceived(self) -> None:
+        self._body_since = None
+        super().allContentReceived()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # twisted.web's answer to a request it cannot parse (bad request line,
+        # header, length or chunking; a head over its size limit): 400 and close.
+        # Counted and (rate-limited) logged here; twisted.web itself logs nothing.
+        self.site.bad_input.reject("malformed", f"unparseable request from {self._peer()}")
+        super()._respondToBadRequestAndDisconnect()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # LineReceiver's answer to a request line or header over MAX_LENGTH
+        # (16 KiB) is to close without a word; answer 400 like any other
+        # unparseable head, and count it.
+        self._respondToBadRequestAndDisconnect()
+
+    def _peer(self) -> str:
+        peer = self.transport.getPeer() if self.transport is not None else None
+        return f"{peer.host}:{peer.port}" if hasattr(peer, "host") else str(peer)
 
     def requestDone(self, request: Any) -> None:
         # Before super(): it may go straight on to a pipelined request already
@@ -92,15 +116,23 @@ class DataChannel(HTTPChannel):
     @property
     def idle(self) -> bool:
         """No request in progress and none partly received."""
-        return not self._handlingRequest and self._head_since is None
+        return not self._handlingRequest and self._head_since is None and self._body_since is None
 
-    def check_timeouts(self, now: float, header_timeout: float, idle_timeout: float) -> None:
-        """Close the connection if its request head or its idleness has lasted too long (0: no limit)."""
-        if self._head_since is not None:
+    def check_timeouts(self, now: float, header_timeout: float, idle_timeout: float,
+                       body_timeout: float = 0.0) -> None:
+        """Close the connection if its request head, body or idleness has lasted too long (0: no limit)."""
+        if self._body_since is not None:
+            if body_timeout and now - self._body_since >= body_timeout:
+                self._body_since = None
+                self.site.metrics.body_timeouts.inc()
+                self.site.bad_input.note(f"closing {self._peer()}: request body not complete in time")
+                if self.transport is not None:
+                    self.transport.abortConnection()
+        elif self._head_since is not None:
             if header_timeout and now - self._head_since >= header_timeout:
                 self._head_since = None
                 self.site.metrics.header_timeouts.inc()
-                _log.debug("Closing a connection whose request head took too long")
+                self.site.bad_input.note(f"closing {self._peer()}: request head not complete in time")
                 if self.transport is not None:
                     self.transport.abortConnection()
             # else a head is arriving: it is not idle
@@ -110,7 +142,7 @@ class DataChannel(HTTPChannel):
 
 
 class TimeoutSweeper:
-    """Enforces ``--header-timeout`` and ``--idle-timeout`` for every channel of a site from one timer.
+    """Enforces ``--header-timeout``, ``--body-timeout`` and ``--idle-timeout`` for every channel of a site.
 
     twisted.web's ``TimeoutMixin`` gives every connection its own timer and
     moves it on every request (a ``DelayedCall`` cancelled and another made,
@@ -124,17 +156,18 @@ class TimeoutSweeper:
     """
 
     def __init__(self, clock: IReactorTime, channels: Iterable[DataChannel], header_timeout: float,
-                 idle_timeout: float) -> None:
+                 idle_timeout: float, body_timeout: float = 0.0) -> None:
         self.clock = clock
         self.channels = channels
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
-        shortest = min(t for t in (header_timeout, idle_timeout, 10.0) if t > 0)
+        self.body_timeout = body_timeout
+        shortest = min(t for t in (header_timeout, idle_timeout, body_timeout, 10.0) if t > 0)
         self.interval = min(1.0, max(0.05, shortest / 10))
         self._loop: LoopingCall | None = None
 
     def start(self) -> None:
-        if (self.header_timeout or self.idle_timeout) and self._loop is None:
+        if (self.header_timeout or self.idle_timeout or self.body_timeout) and self._loop is None:
             self._loop = LoopingCall(self.sweep)
             self._loop.clock = self.clock
             self._loop.start(self.interval, now=False)
@@ -146,9 +179,9 @@ class TimeoutSweeper:
 
     def sweep(self) -> None:
         now = self.clock.seconds()
-        header_timeout, idle_timeout = self.header_timeout, self.idle_timeout
+        header_timeout, idle_timeout, body_timeout = self.header_timeout, self.idle_timeout, self.body_timeout
         for channel in list(self.channels):
-            channel.check_timeouts(now, header_timeout, idle_timeout)
+            channel.check_timeouts(now, header_timeout, idle_timeout, body_timeout)
 
 
 class ConnectionLimit:

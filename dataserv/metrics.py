@@ -25,11 +25,13 @@ from prometheus_client import (
     ProcessCollector,
 )
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
 from prometheus_client.utils import floatToGoString
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
+
+from dataserv.badinput import REASONS as BAD_INPUT_REASONS
 
 NAMESPACE = "dataserv"
 
@@ -142,6 +144,15 @@ class Metrics:
         self.header_timeouts = Counter(
             "header_timeouts", "Connections closed because a request head was not complete in time.", **kw
         )
+        self.body_timeouts = Counter(
+            "body_timeouts", "Connections closed because a request body was not complete in time.", **kw
+        )
+        self.bad_requests = Counter(
+            "bad_requests", "Requests rejected as malformed or invalid (answered 4xx or closed), by reason.",
+            ["reason"], **kw,
+        )
+        for reason in BAD_INPUT_REASONS:
+            self.bad_requests.labels(reason)
         self.work_skipped = Counter(
             "work_skipped", "Queued work not run because its client went away.", ["reason"], **kw
         )
@@ -200,8 +211,15 @@ class Metrics:
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """The registry in the format the Accept header asks for: (body, content type)."""
-        encoder, content_type = choose_encoder(accept or "")
-        return encoder(self.combined if self.combined is not None else self.registry), content_type
+        registry = self.combined if self.combined is not None else self.registry
+        try:
+            encoder, content_type = choose_encoder(accept or "")
+            if encoder is not generate_latest:
+                return encoder(registry), content_type
+        except Exception:  # noqa: BLE001 - e.g. "version=a.0.0": prometheus-client fails to compare it
+            # Content negotiation must never fail a scrape: answer the text format.
+            self.bad_requests.labels("accept").inc()
+        return generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4
 
 
 # Methods outside this set share one label value, so a client cannot blow up cardinality.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -9,10 +10,31 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from dataserv.badinput import BadInput
 from dataserv.connections import ConnectionLimit, DataChannel, TimeoutSweeper
 from dataserv.metrics import Metrics
 
 UNMATCHED_ROUTE = "unmatched"
+
+# RFC 9112 3.2.2: absolute-form, ``GET http://host/data HTTP/1.1``.
+_ABSOLUTE_FORM = re.compile(rb"(?i:https?)://([^/?#]+)([^#]*)")
+
+
+def origin_form(target: bytes) -> tuple[bytes, bytes | None]:
+    """An absolute-form request target as (origin-form target, authority); anything else unchanged, ``None``.
+
+    RFC 9112 3.2.2: a server must accept the absolute form, and then use its
+    authority instead of the Host header.
+    """
+    if target[:1] == b"/":
+        return target, None
+    match = _ABSOLUTE_FORM.fullmatch(target)
+    if match is None:
+        return target, None
+    authority, rest = match.groups()
+    if rest[:1] != b"/":
+        rest = b"/" + rest
+    return rest, authority
 
 
 class MeteredRequest(Request):
@@ -28,6 +50,12 @@ class MeteredRequest(Request):
     # The Deferred the response waits for; cancelled if the client goes away.
     pendingWork = None
     _counted = False
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        path, authority = origin_form(path)
+        if authority is not None:
+            self.requestHeaders.setRawHeaders(b"host", [authority])
+        super().requestReceived(command, path, version)
 
     def process(self) -> None:
         # The head (and body) has arrived: this is "request received".
@@ -75,6 +103,7 @@ class DataSite(Site):
         *,
         header_timeout: float = 0.0,
         idle_timeout: float = 0.0,
+        body_timeout: float = 0.0,
         max_connections: int = 0,
         access_log: Any = None,
         **kwargs: Any,
@@ -90,7 +119,8 @@ class DataSite(Site):
         self.access_log = access_log
         self.limit = ConnectionLimit(max_connections, metrics.accepting.set) if max_connections else None
         self.channels: set[DataChannel] = set()
-        self.sweeper = TimeoutSweeper(clock, self.channels, header_timeout, idle_timeout)
+        self.sweeper = TimeoutSweeper(clock, self.channels, header_timeout, idle_timeout, body_timeout)
+        self.bad_input = BadInput(metrics.bad_requests, clock)
         self.in_flight = 0
         self.draining = False
         self._idle_waiters: list[Deferred[None]] = []

@@ -198,7 +198,8 @@ def build(options: Any, reactor: IReactorCore, registry: CollectorRegistry | Non
     if options["access-log"] != "off":
         access_log = AccessLog(reactor, options["access-log"], options["access-log-file"])
     site = DataSite(app.resource(), metrics, reactor, idle_timeout=options["idle-timeout"],
-                    header_timeout=options["header-timeout"], max_connections=options["max-connections"],
+                    header_timeout=options["header-timeout"], body_timeout=options["body-timeout"],
+                    max_connections=options["max-connections"],
                     access_log=access_log)
 
     root = OrderedMultiService()
@@ -315,7 +316,12 @@ class Drainer(Service):
             if not self.site.channels:
                 break
             yield deferLater(self.reactor, 0.01, lambda: None)
-        _log.info("dataserv drained")
+        # The process exits next, so no scrape will see these counters move:
+        # log their final values, read from the registry.
+        registry = self.metrics.registry
+        _log.info("dataserv drained: requests_cut_total {cut:g}, requests_shed_total{{reason=\"draining\"}} {shed:g}",
+                  cut=registry.get_sample_value("dataserv_requests_cut_total"),
+                  shed=registry.get_sample_value("dataserv_requests_shed_total", {"reason": "draining"}))
 
 
 def makeService(options: Options) -> IServiceCollection:

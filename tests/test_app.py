@@ -61,13 +61,21 @@ def test_data_work_ms_override(metrics: Metrics, query: str, iterations: int) ->
 @pytest.mark.parametrize(
     ("query", "reason"),
     [
-        ("abc", "work_ms must be a number, got 'abc'"),
-        ("-1", "work_ms must be between 0 and 100, got -1"),
+        ("abc", "work_ms must be a plain decimal number, got 'abc'"),
+        ("-1", "work_ms must be a plain decimal number, got '-1'"),
         ("100.5", "work_ms must be between 0 and 100, got 100.5"),
-        ("nan", "work_ms must be between 0 and 100, got nan"),
-        ("inf", "work_ms must be between 0 and 100, got inf"),
-        ("", "work_ms must be a number, got ''"),
-        ("%ff", "work_ms must be a number, got '\ufffd'"),
+        ("nan", "work_ms must be a plain decimal number, got 'nan'"),
+        ("inf", "work_ms must be a plain decimal number, got 'inf'"),
+        ("", "work_ms must be a plain decimal number, got ''"),
+        ("%ff", "work_ms must be a plain decimal number, got '\ufffd'"),
+        # Python's float() takes all of these; a plain decimal number does not.
+        ("-0", "work_ms must be a plain decimal number, got '-0'"),
+        ("1e-400", "work_ms must be a plain decimal number, got '1e-400'"),
+        ("1_0", "work_ms must be a plain decimal number, got '1_0'"),
+        ("%205%20", "work_ms must be a plain decimal number, got ' 5 '"),
+        ("%2B5", "work_ms must be a plain decimal number, got '+5'"),
+        ("0x10", "work_ms must be a plain decimal number, got '0x10'"),
+        ("1" * 21, f"work_ms must be a plain decimal number, got '{'1' * 21}'"),
     ],
 )
 def test_bad_work_ms_is_400_with_one_line_reason(metrics: Metrics, query: str, reason: str) -> None:
@@ -77,6 +85,16 @@ def test_bad_work_ms_is_400_with_one_line_reason(metrics: Metrics, query: str, r
     assert response.code == 400
     assert _text(client, response) == reason + "\n"
     assert sample(metrics, "dataserv_work_duration_seconds_count") == 0
+    assert sample(metrics, "dataserv_bad_requests_total", reason="work_ms") == 1
+
+
+@pytest.mark.parametrize("query", ["0", "4", "0.25", ".5", "10.", "100", "007"])
+def test_plain_decimal_work_ms_is_taken(metrics: Metrics, query: str) -> None:
+    """Digits with at most one point, in range: taken as the work time."""
+    client = stub_client(_app(metrics), metrics)
+    response = _get(client, f"http://x/data?work_ms={query}")
+    assert response.code == 200
+    assert sample(metrics, "dataserv_bad_requests_total", reason="work_ms") == 0
 
 
 def test_work_ms_override_disabled(metrics: Metrics) -> None:
@@ -88,7 +106,7 @@ def test_work_ms_override_disabled(metrics: Metrics) -> None:
     assert _get(client, "http://x/data").code == 200
 
 
-@pytest.mark.parametrize(("raw", "expected"), [(None, None), (b"0", 0.0), (b"4", 4.0), (b"1e1", 10.0)])
+@pytest.mark.parametrize(("raw", "expected"), [(None, None), (b"0", 0.0), (b"4", 4.0), (b"0.5", 0.5), (b"10.", 10.0)])
 def test_parse_work_ms(raw: bytes | None, expected: float | None) -> None:
     assert parse_work_ms(raw, 100.0) == expected
 
