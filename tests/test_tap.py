@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import textwrap
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -19,22 +21,34 @@ def _parse(*args: str) -> tap.Options:
     return options
 
 
-def test_defaults_match_the_spec() -> None:
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _readme_defaults() -> dict[str, str]:
+    """README's option table: long option name to its default column, backticks removed."""
+    text = README.read_text()
+    table = text.split("\n### Options\n", 1)[1].split("\n#", 1)[0]  # up to the next heading
+    rows = re.findall(r"^\| `(?:-\w/)?--([\w-]+)[^`]*` \| ([^|]+?) \|", table, re.M)
+    return {name: default.strip("`") for name, default in rows}
+
+
+def test_defaults_are_those_the_readme_documents() -> None:
+    """Every user-facing option is in README's table, and parses to the default the table gives."""
+    documented = _readme_defaults()
+    assert {*config.OPTIONS, "listen", "config"} <= set(documented), sorted(documented)
     options = _parse()
-    assert options["listen"] == ["tcp:8080:backlog=1024"]
-    assert options["dispatch"] == "threads"
-    assert options["pool-size"] == (os.cpu_count() or 1)
-    assert options["work-ms"] == 4.0
-    assert options["work-kind"] == "pbkdf2"
-    assert options["max-work-ms"] == 100.0
-    assert options["max-queue"] == 1024
-    assert options["queue-timeout-ms"] == 2000.0
-    assert options["max-connections"] == 10000
-    assert options["idle-timeout"] == 15.0
-    assert options["header-timeout"] == 10.0
-    assert options["drain-timeout"] == 30.0
-    assert options["access-log"] == "off"
-    assert options["workers"] == 1
+    for name, default in documented.items():
+        value = options[name]
+        if default == "none":
+            assert value is None, name
+        elif default == "CPU count":
+            assert value == (os.cpu_count() or 1), name
+        elif name == "listen":
+            assert value == [default], name
+        elif isinstance(value, int | float):
+            assert value == float(default), (name, value, default)
+        else:
+            assert value == default, (name, value, default)
 
 
 def test_listen_is_repeatable() -> None:
@@ -112,8 +126,10 @@ def test_config_file_sets_values_and_command_line_wins(tmp_path) -> None:
     ],
 )
 def test_bad_config_file(tmp_path, text: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
+    """A bad config file exits 2 (as a bad value on the command line does) with one line."""
+    with pytest.raises(SystemExit) as exit_info:
         _parse("--config", _write(tmp_path, text))
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
 
@@ -128,18 +144,22 @@ def test_shipped_tap_cfg_documents_every_option_and_parses() -> None:
 
 
 @pytest.mark.parametrize(
-    ("dispatch", "cls"),
-    [("inline", InlineDispatcher), ("threads", ThreadDispatcher), ("processes", ProcessDispatcher)],
+    ("dispatch", "cls", "pool_size"),
+    [("inline", InlineDispatcher, 1), ("threads", ThreadDispatcher, 3), ("processes", ProcessDispatcher, 3)],
 )
-def test_service_tree(dispatch: str, cls: type) -> None:
-    """makeService's tree: the dispatcher first (started first, stopped last), then listeners."""
-    options = _parse("--dispatch", dispatch, "--work-ms", "1", "-l", "tcp:0", "-l", "tcp:0")
+def test_service_tree(dispatch: str, cls: type, pool_size: int) -> None:
+    """makeService's tree: the dispatcher first (started first, stopped last), then listeners.
+
+    The pool has --pool-size workers (inline: always 1), and the gauge says so.
+    """
+    options = _parse("--dispatch", dispatch, "--pool-size", "3", "--work-ms", "1", "-l", "tcp:0", "-l", "tcp:0")
     root = tap.build(options, Clock(), CollectorRegistry())
     services = list(root)
     assert isinstance(services[0], cls)
     assert [s.name for s in services if s.name and s.name.startswith("listen")] == ["listen-0", "listen-1"]
     assert not root.running
-    assert root.metrics.registry.get_sample_value("dataserv_work_pool_size") == services[0].size
+    assert services[0].size == pool_size
+    assert root.metrics.registry.get_sample_value("dataserv_work_pool_size") == pool_size
     assert root.metrics.registry.get_sample_value("dataserv_work_iterations") > 0
     assert root.metrics.registry.get_sample_value(
         "dataserv_info", {"version": "0.1.0", "dispatch": dispatch, "work_kind": "pbkdf2"}
