@@ -54,10 +54,11 @@ def _response_end(buf: bytes, start: int) -> int | None:
     return None  # delimited by the close
 
 
-def exchange(port: int, payload: bytes, bound: float, responses: int = 1,
+def exchange(port: int, payload: bytes, bound: float, responses: int = 1, wait_close: bool = False,
              pause_after: float = 0.0, chunks: list[bytes] | None = None) -> Exchange:
     """Send ``payload`` (then each of ``chunks``, ``pause_after`` apart); read until ``responses`` complete
-    answers have arrived or the server closes; raise :class:`Hang` past ``bound`` seconds."""
+    answers have arrived (and, with ``wait_close``, the server has closed) or the server closes; raise
+    :class:`Hang` past ``bound`` seconds."""
     started = time.monotonic()
     deadline = started + bound
     result = Exchange()
@@ -71,10 +72,11 @@ def exchange(port: int, payload: bytes, bound: float, responses: int = 1,
         except OSError:
             result.closed = True
         buf, pos, done = b"", 0, 0
-        while not result.closed and done < responses:
+        while not result.closed and (done < responses or wait_close):
             left = deadline - time.monotonic()
             if left <= 0:
-                raise Hang(f"no answer and no close within {bound} s to {payload[:80]!r}; got {buf[:200]!r}")
+                raise Hang(f"no {'close' if done >= responses else 'answer and no close'} within {bound} s "
+                           f"to {payload[:80]!r}; got {buf[:200]!r}")
             s.settimeout(left)
             try:
                 data = s.recv(65536)

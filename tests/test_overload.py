@@ -1,5 +1,5 @@
-"""Overload and bad clients on real sockets: shedding, queue timeouts, gone clients, connection limits,
-slow headers and malformed requests. Each test is bounded to a few seconds."""
+"""Overload and slow clients on real sockets: shedding, queue timeouts, gone clients, connection limits,
+slow headers and idle connections (bad input: test_bad_input.py). Each test is bounded to a few seconds."""
 
 from __future__ import annotations
 
@@ -32,6 +32,18 @@ def _value(root, name: str, **labels: str) -> float:
 
 def _sleep(seconds: float):
     return deferLater(reactor, seconds, lambda: None)
+
+
+@pytest_twisted.inlineCallbacks
+def _until(root, name: str, value: float, within: float = 10.0, **labels: str):
+    """Wait (polling) until a metric has ``value``, at most ``within`` seconds; answer its last value.
+
+    For state reached "soon" on a real socket: a fixed sleep fails when a neighbour takes the CPU.
+    """
+    deadline = time.monotonic() + within
+    while _value(root, name, **labels) != value and time.monotonic() < deadline:
+        yield _sleep(0.02)
+    return _value(root, name, **labels)
 
 
 @pytest_twisted.inlineCallbacks
@@ -83,19 +95,15 @@ def test_queued_work_of_a_client_that_left_is_skipped() -> None:
     root, port = _start("--pool-size", "1", "--work-ms", "300")
     try:
         first = treq.get(f"http://127.0.0.1:{port}/data", persistent=False)
-        yield _sleep(0.05)
-
-        def leave() -> None:
-            s = socket.create_connection(("127.0.0.1", port))
-            s.sendall(b"GET /data HTTP/1.1\r\nHost: x\r\n\r\n")
-            time.sleep(0.05)
-            s.close()
-
-        yield threads.deferToThread(leave)
+        assert (yield _until(root, "dataserv_work_in_progress", 1)) == 1
+        leaving = socket.create_connection(("127.0.0.1", port))
+        leaving.sendall(b"GET /data HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (yield _until(root, "dataserv_work_queue_depth", 1)) == 1  # queued behind the first
+        leaving.close()
         response = yield first
         assert response.code == 200
-        yield _sleep(0.5)  # the second item reaches the worker and is skipped
-        assert _value(root, "dataserv_work_skipped_total", reason="client_gone") == 1
+        # The second item reaches the worker and is skipped.
+        assert (yield _until(root, "dataserv_work_skipped_total", 1, reason="client_gone")) == 1
         assert _value(root, "dataserv_work_duration_seconds_count") == 1
     finally:
         yield root.stopService()
@@ -116,13 +124,13 @@ def test_max_connections_pauses_and_resumes_accepting() -> None:
     root, port = _start("--max-connections", "2", "--work-ms", "1")
     held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
     try:
-        yield _sleep(0.2)
+        assert (yield _until(root, "dataserv_connections_open", 2)) == 2
         assert _value(root, "dataserv_accepting") == 0
-        assert _value(root, "dataserv_connections_open") == 2
-        waiting = threads.deferToThread(_blocking_get, port)
-        yield _sleep(0.3)
+        waiting = threads.deferToThread(_blocking_get, port, timeout=10.0)
+        assert (yield _until(root, "dataserv_listen_backlog", 1, endpoint=f"127.0.0.1:{port}")) == 1
+        yield _sleep(0.2)
         assert not waiting.called  # connected at the kernel level, not accepted
-        assert _value(root, "dataserv_listen_backlog", endpoint=f"127.0.0.1:{port}") == 1
+        assert _value(root, "dataserv_connections_open") == 2
         held.pop().close()
         answer = yield waiting
         assert answer.startswith(b"HTTP/1.1 200")
@@ -186,57 +194,6 @@ def test_idle_keep_alive_connection_is_closed_after_idle_timeout() -> None:
         answer, idle_for = yield threads.deferToThread(idle_client)
         assert answer.startswith(b"HTTP/1.1 200 ")
         assert 0.4 <= idle_for < 2.0, idle_for
-        assert _value(root, "dataserv_connections_open") == 0
-    finally:
-        yield root.stopService()
-
-
-MALFORMED = [
-    b"GARBAGE\r\n\r\n",
-    b"GET\r\n\r\n",
-    b"GET / HTTP/9.9\r\n\r\n",
-    b"GET /data HTTP/1.1\r\nNoColonHeader\r\n\r\n",
-    b"GET /data HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
-    b"GET /data HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
-    b"POST /data HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    b"POST /data HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nhello\r\n0\r\n\r\n",
-    b"GET /data HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n",
-    b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /d\xffata\xc3 HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /data?work_ms=\xff HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 200,
-    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(32)) + b"\x00" * 40,
-]
-
-
-def _send_raw(port: int, payload: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-        try:
-            s.sendall(payload)
-            s.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        data = b""
-        try:
-            while len(data) < 2_000_000 and (chunk := s.recv(65536)):
-                data += chunk
-        except OSError:
-            pass
-        return data
-
-
-@pytest_twisted.inlineCallbacks
-def test_malformed_requests_never_get_a_5xx_or_a_traceback() -> None:
-    root, port = _start("--work-ms", "1")
-    try:
-        for payload in MALFORMED:
-            answer = yield threads.deferToThread(_send_raw, port, payload)
-            statuses = [line for line in answer.split(b"\r\n") if line.startswith(b"HTTP/1.")]
-            assert not any(line.split(b" ")[1].startswith(b"5") for line in statuses), (payload[:60], answer[:200])
-            assert b"Traceback" not in answer
-        [(after, _)] = yield _get_all(port, 1, "/healthz")
-        assert after.code == 200
-        yield _sleep(0.3)
-        assert _value(root, "dataserv_connections_open") == 0  # nothing leaked
+        assert (yield _until(root, "dataserv_connections_open", 0)) == 0
     finally:
         yield root.stopService()
