@@ -37,6 +37,8 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import BadHost, BadRequest
 
+from dataserv import _compat
+
 _log = Logger()
 
 
@@ -54,8 +56,7 @@ def static_routes(app: Klein) -> dict[bytes, tuple[str, frozenset[bytes]]]:
 
 
 def _gone(request: IRequest) -> bool:
-    # ``_disconnected`` is the flag Request.finish checks before refusing.
-    return bool(request.finished or getattr(request, "_disconnected", False))
+    return bool(request.finished or _compat.client_gone(request))
 
 
 def _undecodable(request: IRequest) -> str | None:
@@ -91,11 +92,11 @@ class FastKleinResource(KleinResource):
         if route is None or request.method not in route[1]:
             return self._render_by_klein(request)
         endpoint = route[0]
-        app = self._app
+        app = _compat.klein_app(self)
         try:
             result = app.execute_endpoint(endpoint, request)
         except Exception:
-            return self._failed(Failure(), request, app._error_handlers)
+            return self._failed(Failure(), request, _compat.klein_error_handlers(app))
         if isinstance(result, bytes):
             return result  # twisted.web sets Content-Length, writes and finishes
         if isinstance(result, str):
@@ -107,7 +108,7 @@ class FastKleinResource(KleinResource):
                 result.addBoth(outcome.append)
                 value = outcome[0]
                 if isinstance(value, Failure):
-                    return self._failed(value, request, app._error_handlers)
+                    return self._failed(value, request, _compat.klein_error_handlers(app))
                 return self._body(value, request)
             request.pendingWork = result  # cancelled if the client goes away
             result.addCallbacks(self._write, self._async_failed, callbackArgs=(request,),
@@ -116,7 +117,7 @@ class FastKleinResource(KleinResource):
         return self._failed(
             Failure(TypeError(f"route {endpoint!r} answered {type(result).__name__}; "
                               "static routes answer bytes, str or a Deferred of them")),
-            request, app._error_handlers,
+            request, _compat.klein_error_handlers(app),
         )
 
     def _render_by_klein(self, request: IRequest) -> Any:
@@ -128,7 +129,10 @@ class FastKleinResource(KleinResource):
                 problem = "host"
         shown = (request.method[:16] + b" " + request.uri[:100]).decode("ascii", "backslashreplace")
         request.site.bad_input.reject(problem, f"invalid {problem} in {shown}")
-        return self._failed(Failure(BadRequest(f"invalid {problem}")), request, self._app._error_handlers)
+        return self._failed(Failure(BadRequest(f"invalid {problem}")), request, self._handlers())
+
+    def _handlers(self) -> list[Any]:
+        return _compat.klein_error_handlers(_compat.klein_app(self))
 
     @staticmethod
     def _body(value: Any, request: IRequest) -> bytes:
@@ -161,7 +165,7 @@ class FastKleinResource(KleinResource):
             if not failure.check(CancelledError):
                 _log.failure("Error after the client went away", failure)
             return
-        body = self._failed(failure, request, self._app._error_handlers)
+        body = self._failed(failure, request, self._handlers())
         if body is not NOT_DONE_YET:
             _write_whole(request, body)
 
@@ -170,7 +174,7 @@ class FastKleinResource(KleinResource):
         for exceptions, handler in handlers:
             if failure.check(*exceptions):
                 try:
-                    result = self._app.execute_error_handler(handler, request, failure)
+                    result = _compat.klein_app(self).execute_error_handler(handler, request, failure)
                 except Exception:
                     failure = Failure()
                     continue

@@ -20,6 +20,8 @@ from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
+from dataserv import _compat
+
 
 class DataChannel(HTTPChannel):
     """``HTTPChannel`` with connection counting, slow/idle client timeouts and drain support.
@@ -69,12 +71,12 @@ class DataChannel(HTTPChannel):
         self._body_since = None
         super().allContentReceived()
 
-    def _respondToBadRequestAndDisconnect(self) -> None:
+    def _respondToBadRequestAndDisconnect(self) -> None:  # _compat.BAD_REQUEST_HOOK: a private hook
         # twisted.web's answer to a request it cannot parse (bad request line,
         # header, length or chunking; a head over its size limit): 400 and close.
         # Counted and (rate-limited) logged here; twisted.web itself logs nothing.
         self.site.bad_input.reject("malformed", f"unparseable request from {self._peer()}")
-        super()._respondToBadRequestAndDisconnect()
+        _compat.respond_bad_request(self)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         # LineReceiver's answer to a request line or header over MAX_LENGTH
@@ -116,7 +118,7 @@ class DataChannel(HTTPChannel):
     @property
     def idle(self) -> bool:
         """No request in progress and none partly received."""
-        return not self._handlingRequest and self._head_since is None and self._body_since is None
+        return not _compat.handling_request(self) and self._head_since is None and self._body_since is None
 
     def check_timeouts(self, now: float, header_timeout: float, idle_timeout: float,
                        body_timeout: float = 0.0) -> None:
@@ -136,8 +138,8 @@ class DataChannel(HTTPChannel):
                 if self.transport is not None:
                     self.transport.abortConnection()
             # else a head is arriving: it is not idle
-        elif (idle_timeout and not self._handlingRequest and now - self._last_seen >= idle_timeout
-              and self._abortingCall is None):
+        elif (idle_timeout and not _compat.handling_request(self) and now - self._last_seen >= idle_timeout
+              and not _compat.closing(self)):
             self.timeoutConnection()  # twisted.web's: close now, abort if still open after abortTimeout
 
 

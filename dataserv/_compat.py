@@ -1,0 +1,139 @@
+"""Every private name of Twisted, Klein and hdrhistogram that dataserv and loadgen use, in one place.
+
+Twisted's compatibility policy protects public names only, and Klein's and
+hdrhistogram's underscored names are theirs to change.  Each use below is
+deliberate (the public API has no equivalent, or costs a measured amount on
+the hot path; the reason is next to each) and goes through this module, so an
+upgrade that removes one fails ``tests/test_compat.py`` with a message naming
+the attribute, instead of failing somewhere in a request.
+
+``PRIVATE_NAMES`` lists them for that test: (owner, attribute, a factory
+for an object that must have it).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from twisted.internet.endpoints import TCP4ServerEndpoint
+
+# twisted.web's HTTP/1.1 client protocol and request, driven directly by
+# loadgen's hot path (loadgen/_client.py): twisted.web.client's Agent adds
+# a pool, a Deferred chain and a header copy per request.  No public name.
+from twisted.web._newclient import HTTP11ClientProtocol  # noqa: F401  (re-exported)
+from twisted.web._newclient import Request as ClientRequest  # noqa: F401  (re-exported)
+from twisted.web.http import HTTPChannel, Request
+
+
+def handling_request(channel: HTTPChannel) -> bool:
+    """Whether the channel is processing a request (head and body in, response not finished).
+
+    ``HTTPChannel._handlingRequest``: the channel's own flag; the public
+    alternative (tracking every request's ``notifyFinish``) costs a Deferred
+    per request.
+    """
+    return channel._handlingRequest  # type: ignore[attr-defined,no-any-return]
+
+
+def closing(channel: HTTPChannel) -> bool:
+    """Whether twisted.web's ``timeoutConnection`` already started closing (and will abort) the channel.
+
+    ``HTTPChannel._abortingCall``: set by ``timeoutConnection``; calling that
+    again would schedule a second abort.
+    """
+    return channel._abortingCall is not None  # type: ignore[attr-defined]
+
+
+def client_gone(request: Request) -> bool:
+    """Whether the request's connection was lost, so that ``finish`` would refuse.
+
+    ``Request._disconnected``: the flag ``Request.finish`` checks; the public
+    ``notifyFinish`` costs a Deferred per request on the fast path.
+    """
+    return bool(request._disconnected)  # type: ignore[attr-defined]
+
+
+# The method twisted.web's HTTPChannel calls for any head it cannot parse
+# (answering 400 and closing); DataChannel overrides it to count and log
+# (one line) each one.  No public hook exists.
+BAD_REQUEST_HOOK = "_respondToBadRequestAndDisconnect"
+
+
+def respond_bad_request(channel: HTTPChannel) -> None:
+    """twisted.web's own answer to an unparseable head: 400 and close."""
+    getattr(HTTPChannel, BAD_REQUEST_HOOK)(channel)
+
+
+def klein_app(resource: Any) -> Any:
+    """The ``Klein`` app a ``KleinResource`` renders (``KleinResource._app``; no public accessor)."""
+    return resource._app
+
+
+def klein_error_handlers(app: Any) -> list[Any]:
+    """The app's ``handle_errors`` handlers in order (``Klein._error_handlers``), for the fast render path to run
+    exactly as Klein's own render does."""
+    return app._error_handlers  # type: ignore[no-any-return]
+
+
+def endpoint_address(endpoint: Any) -> tuple[str, int, int]:
+    """(interface, port, backlog) of a parsed ``tcp:``/``tcp6:`` server endpoint.
+
+    ``TCP4ServerEndpoint._interface/_port/_backlog``: ``--workers`` binds the
+    socket itself (SO_REUSEPORT), from the same strports description Twisted
+    parses, and the endpoint has no public accessors for them.
+    """
+    return endpoint._interface, endpoint._port, endpoint._backlog
+
+
+def hdr_median_equivalent(histogram: Any, value: int) -> int:
+    """HdrHistogram's representative value of ``value``'s bucket (``_hdr_median_equiv_value``)."""
+    return histogram._hdr_median_equiv_value(value)  # type: ignore[no-any-return]
+
+
+def _channel() -> HTTPChannel:
+    from twisted.internet.testing import StringTransport
+
+    channel = HTTPChannel()
+    channel.makeConnection(StringTransport())
+    return channel
+
+
+def _request() -> Request:
+    return Request(_channel())
+
+
+def _endpoint() -> TCP4ServerEndpoint:
+    from twisted.internet.testing import MemoryReactor
+
+    return TCP4ServerEndpoint(MemoryReactor(), 0, backlog=5, interface="127.0.0.1")
+
+
+def _klein_resource() -> Any:
+    from klein import Klein
+    from klein.resource import KleinResource
+
+    return KleinResource(Klein())
+
+
+def _hdr() -> Any:
+    from hdrh.histogram import HdrHistogram
+
+    return HdrHistogram(1, 1000, 2)
+
+
+# (owner, attribute, a factory for an object that must have it)
+PRIVATE_NAMES: list[tuple[str, str, Any]] = [
+    ("twisted.web.http.HTTPChannel", "_handlingRequest", _channel),
+    ("twisted.web.http.HTTPChannel", "_abortingCall", _channel),
+    ("twisted.web.http.HTTPChannel", BAD_REQUEST_HOOK, _channel),
+    ("twisted.web.http.Request", "_disconnected", _request),
+    ("twisted.internet.endpoints.TCP4ServerEndpoint", "_interface", _endpoint),
+    ("twisted.internet.endpoints.TCP4ServerEndpoint", "_port", _endpoint),
+    ("twisted.internet.endpoints.TCP4ServerEndpoint", "_backlog", _endpoint),
+    ("klein.resource.KleinResource", "_app", _klein_resource),
+    ("klein.Klein", "_error_handlers", lambda: _klein_resource()._app),
+    ("hdrh.histogram.HdrHistogram", "_hdr_median_equiv_value", _hdr),
+    ("twisted.web._newclient", "HTTP11ClientProtocol", lambda: import_module("twisted.web._newclient")),
+    ("twisted.web._newclient", "Request", lambda: import_module("twisted.web._newclient")),
+]
