@@ -25,7 +25,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
@@ -214,13 +214,16 @@ class Metrics:
         registry = self.combined if self.combined is not None else self.registry
         try:
             encoder, content_type = choose_encoder(accept or "")
-            if encoder is not generate_latest:
-                return encoder(registry), content_type
+            return encoder(registry), content_type
         except Exception:  # noqa: BLE001 - e.g. "version=a.0.0": prometheus-client fails to compare it
-            # Content negotiation must never fail a scrape: answer the text format.
+            # Content negotiation must never fail a scrape: answer the default (text) format.
             self.bad_requests.labels("accept").inc()
-        return generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4
+        encoder, content_type = _DEFAULT_FORMAT
+        return encoder(registry), content_type
 
+
+# What prometheus-client answers to no Accept header at all: the text format.
+_DEFAULT_FORMAT = choose_encoder("")
 
 # Methods outside this set share one label value, so a client cannot blow up cardinality.
 _KNOWN_METHODS = frozenset(
