@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from test_twistd import Twistd
+from test_twistd import Twistd, _wait_for_work
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
@@ -111,18 +113,74 @@ def test_a_real_prometheus_scrapes_dataserv(tmp_path: Path) -> None:
         server.terminate()
 
 
+def _haproxy_config(tmp_path: Path, front: int, a: Twistd, b: Twistd, stats: Path) -> Path:
+    """deploy/haproxy/haproxy.cfg on our ports, plus a stats socket, a way to pin a request to ds1
+    (``?pin=ds1``), and no second chance: no retries, no redispatch, so a request HAProxy sends to an
+    instance that does not take it fails instead of being quietly retried on the other one."""
+    config = (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
+    for old, new in [
+        ("127.0.0.1:8000", f"127.0.0.1:{front}"),
+        ("127.0.0.1:8081", f"127.0.0.1:{a.port}"),
+        ("127.0.0.1:8082", f"127.0.0.1:{b.port}"),
+        ("    maxconn 4096\n", f"    maxconn 4096\n    stats socket {stats}\n"),
+        ("    retries 2\n", "    retries 0\n"),
+        ("    option redispatch\n", ""),
+        ("    server ds1 ", "    use-server ds1 if { urlp(pin) -m str ds1 }\n    server ds1 "),
+    ]:
+        assert config.count(old) == 1, f"deploy/haproxy/haproxy.cfg changed: no single {old!r}"
+        config = config.replace(old, new)
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(config)
+    return path
+
+
+def _haproxy_servers(stats: Path) -> dict[str, dict[str, str]]:
+    """HAProxy's view of the dataserv backend's servers (``show stat`` on the stats socket), by name."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(str(stats))
+        s.sendall(b"show stat\n")
+        text = b""
+        while chunk := s.recv(65536):
+            text += chunk
+    header, *rows = text.decode().splitlines()
+    names = header.lstrip("# ").split(",")
+    table = [dict(zip(names, row.split(","), strict=False)) for row in rows if row]
+    return {r["svname"]: r for r in table if r["pxname"] == "dataserv" and r["svname"].startswith("ds")}
+
+
+def _wait_for_haproxy(stats: Path, condition, what: str, timeout: float = 10) -> dict[str, dict[str, str]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            servers = _haproxy_servers(stats)
+        except OSError:  # the socket is not there yet
+            servers = {}
+        if servers and condition(servers):
+            return servers
+        assert time.monotonic() < deadline, f"HAProxy never saw {what}: {servers}"
+        time.sleep(0.05)
+
+
 def test_haproxy_spreads_over_two_instances_and_skips_one_that_drains(tmp_path: Path) -> None:
+    """HAProxy spreads /data over two instances; when one gets SIGTERM while it has a request in flight,
+    HAProxy marks it DOWN while it is still draining, sends every later request to the other one (with no
+    retries and no redispatch to hide a mistake), and the in-flight request still gets its 200.
+
+    HAProxy opens a new connection for each health check, and a draining instance has stopped listening,
+    so the check fails on the connect (L4CON), before any /readyz could answer 503: readiness is not what
+    takes the instance out of HAProxy (test_twistd checks /readyz on a connection opened before SIGTERM).
+    """
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    a = Twistd(tmp_path / "a", "--work-ms", "1", "--drain-timeout", "3")
+    a = Twistd(tmp_path / "a", "--work-ms", "1", "--max-work-ms", "5000", "--drain-timeout", "30")
     b = Twistd(tmp_path / "b", "--work-ms", "1")
     front = _free_port()
-    config = (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
-    config = (config.replace("127.0.0.1:8000", f"127.0.0.1:{front}")
-              .replace("127.0.0.1:8081", f"127.0.0.1:{a.port}").replace("127.0.0.1:8082", f"127.0.0.1:{b.port}"))
-    (tmp_path / "haproxy.cfg").write_text(config)
-    haproxy = subprocess.Popen([_tool("haproxy"), "-db", "-f", str(tmp_path / "haproxy.cfg")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    sockets = Path(tempfile.mkdtemp(prefix="haproxy-"))  # short: a unix socket path has ~100 bytes
+    stats = sockets / "stats.sock"
+    config = _haproxy_config(tmp_path, front, a, b, stats)
+    with (tmp_path / "haproxy.log").open("wb") as log:
+        haproxy = subprocess.Popen([_tool("haproxy"), "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
 
     def count(server: Twistd) -> float:
         _, _, text = server.get("/metrics")
@@ -135,20 +193,33 @@ def test_haproxy_spreads_over_two_instances_and_skips_one_that_drains(tmp_path: 
             return list(pool.map(lambda _: _status(f"http://127.0.0.1:{front}/data"), range(n)))
 
     try:
-        deadline = time.monotonic() + 15
-        while _status(f"http://127.0.0.1:{front}/data") != 200 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        _wait_for_haproxy(stats, lambda s: all(r["check_status"] == "L7OK" for r in s.values()) and len(s) == 2,
+                          "both instances pass a health check")
         assert through_haproxy(20) == [200] * 20
         assert count(a) >= 5 and count(b) >= 5  # spread over both
-        a.proc.send_signal(signal.SIGTERM)  # a drains: /readyz 503, stops listening
-        time.sleep(1.5)  # health checks every 0.5 s mark it down
+
+        # a request in flight on a, through HAProxy: a drains for as long as its work runs (3 s)
+        pinned = http.client.HTTPConnection("127.0.0.1", front, timeout=30)
+        pinned.request("GET", "/data?work_ms=3000&pin=ds1")
+        _wait_for_work(a, running=1, queued=0)
+        a.proc.send_signal(signal.SIGTERM)
+        servers = _wait_for_haproxy(stats, lambda s: s["ds1"]["status"] == "DOWN", "ds1 DOWN")
+        assert a.proc.poll() is None, "a had exited before HAProxy marked it down: nothing was draining"
+        assert (servers["ds1"]["check_status"], servers["ds1"]["last_chk"]) == ("L4CON", "Connection refused")
+        assert servers["ds2"]["status"] == "UP"
+
         before_b = count(b)
-        assert through_haproxy(20) == [200] * 20
-        assert count(b) - before_b >= 20
-        assert a.proc.wait(10) == 0
+        assert through_haproxy(20) == [200] * 20  # no retry, no redispatch: none went to a
+        assert count(b) - before_b == 20
+        assert a.proc.poll() is None, "a's in-flight work ended before the checks"
+
+        reply = pinned.getresponse()
+        assert (reply.status, len(reply.read())) == (200, 65)
+        assert a.proc.wait(30) == 0
     finally:
         haproxy.terminate()
         haproxy.wait(10)
+        shutil.rmtree(sockets, ignore_errors=True)
         for server in (a, b):
             if server.proc.poll() is None:
                 server.terminate()

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -152,62 +154,163 @@ def test_twistd_port_in_use_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stdout + result.stderr
 
 
-def _head_finished_late(port: int, after: threading.Event) -> bytes:
-    """Send a request head up to its last line; finish it once ``after`` is set; answer the raw response."""
-    import socket
+def _partial_head(port: int, path: str) -> socket.socket:
+    """A connection opened now whose request head lacks its final blank line: not idle, nothing in flight."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=20)
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n".encode())
+    return s
 
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(b"GET /data HTTP/1.1\r\nHost: x\r\n")
-        after.wait(10)
+
+def _finish_head(s: socket.socket) -> tuple[int, http.client.HTTPMessage, str]:
+    """Complete a head from :func:`_partial_head` and read the response."""
+    with s:
         s.sendall(b"\r\n")
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    return data
+        response = http.client.HTTPResponse(s)
+        response.begin()
+        return response.status, response.headers, response.read().decode()
+
+
+def _sample(metrics: str, series: str) -> float:
+    """The value of one series in a text exposition (``name{labels}`` exactly as exposed)."""
+    m = re.search(rf"^{re.escape(series)} (\S+)$", metrics, re.M)
+    assert m, f"{series} not in /metrics"
+    return float(m.group(1))
+
+
+def _wait_for_work(server: Twistd, running: int, queued: int) -> str:
+    """Scrape /metrics (a connection of its own) until that much work is running and queued; the last scrape."""
+    deadline = time.monotonic() + 10
+    while True:
+        _, _, metrics = server.get("/metrics")
+        now = _sample(metrics, "dataserv_work_in_progress"), _sample(metrics, "dataserv_work_queue_depth")
+        if now == (running, queued):
+            return metrics
+        assert time.monotonic() < deadline, f"work (running, queued) stayed {now}, not {(running, queued)}"
+        time.sleep(0.02)
+
+
+def _wait_for_log(server: Twistd, text: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in server.output():
+        assert time.monotonic() < deadline, f"no {text!r} in the log: {server.output()}"
+        time.sleep(0.01)
+
+
+def _final_counters(log: str) -> tuple[float, float]:
+    """requests_cut_total and requests_shed_total{reason="draining"} as the drained process logged them last."""
+    m = re.search(r'dataserv drained: requests_cut_total (\S+), requests_shed_total\{reason="draining"\} (\S+)',
+                  log)
+    assert m, f"no final counters in the log: {log}"
+    return float(m.group(1)), float(m.group(2))
+
+
+def _kill(server: Twistd) -> None:
+    """After a failed check: do not leave the server running."""
+    if server.proc.poll() is None:
+        server.proc.kill()
+        server.proc.wait()
 
 
 def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path: Path) -> None:
-    """SIGTERM with requests in flight: each completes with 200; a request whose head completes after it gets
-    503 draining with Connection: close; the process exits 0 within the drain timeout."""
-    from concurrent.futures import ThreadPoolExecutor
+    """SIGTERM, with two requests in flight (one running, one queued) and connections opened before it:
 
-    server = Twistd(tmp_path, "--work-ms", "400", "--pool-size", "2", "--drain-timeout", "10", "--max-work-ms", "1000")
-    finish_head = threading.Event()
-    with ThreadPoolExecutor(4) as pool:
-        gets = [pool.submit(server.get, "/data?work_ms=400") for _ in range(3)]
-        late = pool.submit(_head_finished_late, server.port, finish_head)
-        time.sleep(0.15)
-        started = time.monotonic()
-        server.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.1)
-        finish_head.set()
-        results = [g.result(timeout=15) for g in gets]
-        answer = late.result(timeout=15)
-        code = server.proc.wait(15)
-    assert [status for status, _, _ in results] == [200, 200, 200]
-    assert answer.startswith(b"HTTP/1.1 503") and b"Connection: close" in answer, answer
-    assert b"overloaded: draining" in answer
-    assert code == 0, server.output()
-    assert time.monotonic() - started < 10
-    assert "dataserv drained" in server.output()
+    listening stops (a new connect is refused, and the accepted counter does not move); /readyz answers
+    503 on a connection opened before the signal; an idle keep-alive connection is closed while the
+    in-flight work still runs; a /data request arriving during the drain gets 503 ``overloaded: draining``
+    and is counted in ``requests_shed_total{reason="draining"}`` (scraped during the drain, on a connection
+    opened before it); both in-flight requests finish with 200 and ``Connection: close``; nothing is cut;
+    the process exits 0.
+    """
+    # Pool of one: the 2.5 s item runs, the short one waits behind it (no queue timeout): both in flight,
+    # one core busy. 2.5 s of calibrated work is far longer than the checks made during the drain.
+    server = Twistd(tmp_path, "--work-ms", "1", "--pool-size", "1", "--max-work-ms", "5000",
+                    "--queue-timeout-ms", "0", "--header-timeout", "60", "--drain-timeout", "30")
+    try:
+        idle = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
+        idle.request("GET", "/healthz")
+        reply = idle.getresponse()
+        assert (reply.status, reply.read(), reply.getheader("Connection")) == (200, b"ok\n", None)  # kept alive
+        readyz = _partial_head(server.port, "/readyz")
+        late_data = _partial_head(server.port, "/data")
+        late_metrics = _partial_head(server.port, "/metrics")
+        in_flight = []
+        for work_ms in (2500, 100):
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            conn.request("GET", f"/data?work_ms={work_ms}")  # HTTP/1.1 keep-alive: no Connection header
+            in_flight.append(conn)
+        before = _wait_for_work(server, running=1, queued=1)  # the last connection accepted before SIGTERM
+        assert _sample(before, "dataserv_requests_shed_total{reason=\"draining\"}") == 0
+
+        def finish(conn: http.client.HTTPConnection) -> tuple[int, str | None, bytes]:
+            r = conn.getresponse()
+            return r.status, r.getheader("Connection"), r.read()
+
+        with ThreadPoolExecutor(2) as pool:
+            answers = [pool.submit(finish, conn) for conn in in_flight]
+            server.proc.send_signal(signal.SIGTERM)
+            _wait_for_log(server, "dataserv draining")
+
+            status, headers, body = _finish_head(readyz)
+            assert (status, body, headers["Connection"]) == (503, "draining\n", "close")
+
+            idle.sock.settimeout(2)  # closed when the drain starts (within milliseconds), not when it ends
+            try:
+                closed = idle.sock.recv(1) == b""
+            except TimeoutError:
+                closed = False
+            assert closed, "the idle keep-alive connection was not closed when the drain started"
+            idle.close()
+
+            with pytest.raises(ConnectionRefusedError):  # listening stopped
+                socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
+
+            status, headers, body = _finish_head(late_data)
+            assert (status, body, headers["Connection"], headers["Retry-After"]) == (
+                503, "overloaded: draining\n", "close", "1")
+
+            status, headers, metrics = _finish_head(late_metrics)
+            assert (status, headers["Connection"]) == (200, "close")
+            assert _sample(metrics, "dataserv_requests_shed_total{reason=\"draining\"}") == 1
+            assert _sample(metrics, "dataserv_requests_cut_total") == 0
+            assert _sample(metrics, "dataserv_accepting") == 0
+            # nothing accepted since the scrape before SIGTERM: the refused connect above was never accepted
+            assert (_sample(metrics, "dataserv_connections_accepted_total")
+                    == _sample(before, "dataserv_connections_accepted_total"))
+
+            # still draining when this scrape was answered, so were all the checks before it
+            assert _sample(metrics, "dataserv_work_in_progress") == 1, "the in-flight work ended before the checks"
+            results = [a.result(timeout=60) for a in answers]
+        assert [(status, connection) for status, connection, _ in results] == [(200, "close")] * 2
+        assert all(re.fullmatch(rb"[0-9a-f]{64}\n", body) for _, _, body in results)
+        code = server.proc.wait(30)
+        assert code == 0, server.output()
+        assert _final_counters(server.output()) == (0, 1)
+    finally:
+        _kill(server)
 
 
 def test_drain_timeout_cuts_what_is_left(tmp_path: Path) -> None:
-    """Past --drain-timeout the remaining requests are cut (and logged), and the process still exits 0."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    server = Twistd(tmp_path, "--work-ms", "1", "--pool-size", "1", "--drain-timeout", "0.5", "--max-work-ms", "5000")
-    with ThreadPoolExecutor(1) as pool:
-        slow = pool.submit(server.get, "/data?work_ms=3000")
-        time.sleep(0.2)
+    """Past --drain-timeout the request still in flight is cut (its connection closes without a response),
+    counted in requests_cut_total, and the process still exits 0."""
+    server = Twistd(tmp_path, "--work-ms", "1", "--pool-size", "1", "--drain-timeout", "0.5", "--max-work-ms", "10000")
+    try:
+        slow = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        slow.request("GET", "/data?work_ms=3000")
+        _wait_for_work(server, running=1, queued=0)
         started = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
-        code = server.proc.wait(15)
-        with pytest.raises(Exception):  # noqa: B017 - the connection is cut: any client error
-            slow.result(timeout=15)
-    assert code == 0, server.output()
-    assert time.monotonic() - started < 5  # 0.5 s drain + the running item finishing in the pool
-    assert "cutting 1 requests" in server.output()
+        # RemoteDisconnected (closed before a status line) is a ConnectionResetError, as is a reset.
+        with pytest.raises(ConnectionResetError):
+            slow.getresponse()
+        cut_after = time.monotonic() - started
+        slow.close()
+        code = server.proc.wait(30)
+        assert code == 0, server.output()
+        # cut at the 0.5 s drain timeout, long before 3 s of work could end (2 s of room for a busy machine)
+        assert cut_after < 2.5, cut_after
+        assert _final_counters(server.output()) == (1, 0)
+    finally:
+        _kill(server)
 
 
 def test_survives_file_descriptor_exhaustion(tmp_path: Path) -> None:
