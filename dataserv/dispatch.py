@@ -47,7 +47,8 @@ def _ignore(submitted: float, started: float, finished: float) -> None:
 
 
 class Overloaded(Exception):
-    """The work was refused (``queue_full``) or waited too long to be worth running (``queue_timeout``)."""
+    """The work was refused (``queue_full``), waited too long to be worth running (``queue_timeout``), or
+    lost its worker process twice (``worker_died``): the app answers 503 with ``Retry-After``."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -306,6 +307,30 @@ class ThreadDispatcher(Dispatcher):
         return self.pool.working()
 
 
+WORKER_DIED = "worker_died"
+
+
+class _PoolItem:
+    """One item on the process pool: what to run, its Deferred, and the future of its current run."""
+
+    __slots__ = ("kind", "iterations", "submitted", "deadline", "d", "future", "executor", "retried")
+
+    def __init__(self, kind: str, iterations: int, submitted: float, deadline: float) -> None:
+        self.kind = kind
+        self.iterations = iterations
+        self.submitted = submitted
+        self.deadline = deadline
+        self.d: Deferred[str] = Deferred(self._cancel)
+        self.future: Future[Any] | None = None
+        self.executor: ProcessPoolExecutor | None = None
+        self.retried = False
+
+    def _cancel(self, d: Deferred[str]) -> None:
+        # The client went away: the work does not run unless a worker has it already.
+        if self.future is not None:
+            self.future.cancel()
+
+
 class ProcessDispatcher(Dispatcher):
     """Runs the work in ``size`` worker processes (``ProcessPoolExecutor``).
 
@@ -316,6 +341,13 @@ class ProcessDispatcher(Dispatcher):
     runs one call per child at a time; the executor pickles in its own
     threads and keeps each worker fed.  With 4 ms of work both reach the same
     rate, so the reactor-thread cost decides.
+
+    A worker that dies (``kill -9``, the OOM killer) breaks the executor for
+    good, and it fails every item queued or running in it.  The pool is
+    replaced (one log line) and those items run again on the new one: the
+    work is pure, so running it twice is harmless.  An item that loses its
+    worker a second time fails with ``Overloaded("worker_died")`` (503 and
+    ``Retry-After``) rather than run a third time.
     """
 
     kind = "processes"
@@ -325,6 +357,7 @@ class ProcessDispatcher(Dispatcher):
         super().__init__(size, observer, **kwargs)
         self._reactor = reactor
         self._executor: ProcessPoolExecutor | None = None
+        self.replacements = 0
 
     def startService(self) -> None:
         super().startService()
@@ -339,6 +372,16 @@ class ProcessDispatcher(Dispatcher):
             executor.submit(os.getpid)
         return executor
 
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        """Replace the pool if ``broken`` is still the current one: once per break, however many items saw it."""
+        if self._executor is broken:
+            self._executor = self._new_executor()
+            self.replacements += 1
+            broken.shutdown(wait=False, cancel_futures=True)
+            # One line, no traceback: the items it cost are answered, not lost.
+            _log.warn("dataserv process pool: a worker process died; started a new pool, "
+                      "{n} items outstanding run again (once)", n=self.outstanding)
+
     def stopService(self) -> Deferred[None]:
         super().stopService()
         executor, self._executor = self._executor, None
@@ -351,28 +394,56 @@ class ProcessDispatcher(Dispatcher):
     def _submit(self, kind: str, iterations: int, submitted: float, deadline: float) -> Deferred[str]:
         if self._executor is None:
             raise RuntimeError("the process pool is not running")
-        try:
-            future = self._executor.submit(work.guarded_run, kind, iterations, deadline)
-        except BrokenProcessPool:
-            # A worker died (killed, out of memory): the executor is unusable
-            # for good.  Replace it, so one crash costs requests, not the service.
-            broken, self._executor = self._executor, self._new_executor()
-            broken.shutdown(wait=False, cancel_futures=True)
-            future = self._executor.submit(work.guarded_run, kind, iterations, deadline)
-        d: Deferred[str] = Deferred(lambda _: future.cancel())
-        future.add_done_callback(lambda f: self._reactor.callFromThread(self._settle_future, d, submitted, f))
-        return d
+        item = _PoolItem(kind, iterations, submitted, deadline)
+        self._run(item)
+        return item.d
 
-    def _settle_future(self, d: Deferred[str], submitted: float, future: Future[Any]) -> None:
+    def _run(self, item: _PoolItem) -> None:
+        executor = self._executor
+        assert executor is not None
+        try:
+            future = executor.submit(work.guarded_run, item.kind, item.iterations, item.deadline)
+        except BrokenProcessPool:
+            # The pool broke and the failed futures that say so have not reached us yet.
+            self._replace(executor)
+            executor = self._executor
+            assert executor is not None
+            future = executor.submit(work.guarded_run, item.kind, item.iterations, item.deadline)
+        item.future, item.executor = future, executor
+        call_from_thread, settle = self._reactor.callFromThread, self._settle_future
+        future.add_done_callback(lambda f: call_from_thread(settle, item, f))
+
+    def _settle_future(self, item: _PoolItem, future: Future[Any]) -> None:
         if future.cancelled():
             self.completed += 1  # cancelled before it ran; d was cancelled with it
             self._skipped(work.CLIENT_GONE)
             return
         error = future.exception()
+        if isinstance(error, BrokenProcessPool):
+            error = self._rerun(item)
+            if error is None:
+                return
         if error is not None:
-            self._settle(d, submitted, False, error)
+            self._settle(item.d, item.submitted, False, error)
         else:
-            self._settle(d, submitted, True, future.result())
+            self._settle(item.d, item.submitted, True, future.result())
+
+    def _rerun(self, item: _PoolItem) -> BaseException | Failure | None:
+        """Its pool broke: run ``item`` again on the replacement (answers None), or answer why not.
+
+        Not when it was run again once already, when its client has gone
+        (``d`` cancelled while it ran) or when the service is stopping.
+        """
+        try:
+            if self._executor is not None and item.executor is not None:
+                self._replace(item.executor)
+            if self._executor is None or item.retried or item.d.called:
+                return Overloaded(WORKER_DIED)
+            item.retried = True
+            self._run(item)
+        except Exception:  # no new pool (out of processes, memory): answer, never leave d waiting
+            return Failure()
+        return None
 
 
 def make_dispatcher(

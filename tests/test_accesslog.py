@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from pathlib import Path
 
 import pytest
 from conftest import fixed_calibration
+from test_twistd import Twistd
 from treq.testing import StubTreq
 from twisted.logger import globalLogPublisher
 
@@ -108,3 +111,43 @@ def test_own_file_gets_bare_lines_flushed_per_batch(metrics: Metrics, tmp_path, 
     assert [json.loads(line)["request_id"] for line in lines] == [1, 2, 3]
     assert access_events == []  # not in the global log
     access.stopService()
+
+
+@pytest.mark.slow
+def test_access_log_file_dash_is_stdout(tmp_path: Path) -> None:
+    """A real twistd with --access-log-file -: one bare JSON line per request on stdout, none in twistd's log."""
+    server = Twistd(tmp_path, "--work-ms", "1", "--access-log", "json", "--access-log-file", "-")
+    for path in ("/data", "/healthz", "/nope"):
+        server.get(path)
+    assert server.terminate() == 0  # stopping flushes the last batch
+    stdout = server.proc.stdout.read().decode()
+    records = [json.loads(line) for line in stdout.splitlines()]
+    assert [(r["path"], r["status"]) for r in records] == [("/data", 200), ("/healthz", 200), ("/nope", 404)]
+    assert "dataserv.access" not in server.log.read_text()
+    assert not (tmp_path / "-").exists()
+
+
+@pytest.mark.slow
+def test_access_log_file_with_workers_is_one_file_per_worker(tmp_path: Path) -> None:
+    """--workers 2 --access-log-file PATH: each worker writes its own PATH.worker-N, and every request is in
+    exactly one of them."""
+    path = tmp_path / "access.log"
+    server = Twistd(tmp_path, "--workers", "2", "--work-ms", "1", "--access-log", "json",
+                    "--access-log-file", str(path))
+    try:
+        deadline = time.monotonic() + 20
+        while len(set(re.findall(r"worker (\d): .*dataserv listening on", server.log.read_text()))) < 2:
+            assert time.monotonic() < deadline, server.log.read_text()
+            time.sleep(0.05)
+        for _ in range(40):  # new connections: the kernel spreads them over both workers' sockets
+            assert server.get("/healthz")[0] == 200
+    finally:
+        code = server.terminate()
+    assert code == 0, server.output()
+    counts = {}
+    for index in (0, 1):
+        lines = Path(f"{path}.worker-{index}").read_text().splitlines()
+        assert all(json.loads(line)["path"] == "/healthz" for line in lines)
+        counts[index] = len(lines)
+    assert counts[0] > 0 and counts[1] > 0 and counts[0] + counts[1] == 40, counts
+    assert not path.exists()

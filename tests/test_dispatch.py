@@ -6,10 +6,11 @@ import threading
 
 import pytest
 import pytest_twisted
+from prometheus_client import CollectorRegistry
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 
-from dataserv import work
+from dataserv import tap, work
 from dataserv.dispatch import InlineDispatcher, ProcessDispatcher, ThreadDispatcher
 
 
@@ -75,6 +76,38 @@ def _sleep(seconds: float):
     from twisted.internet.task import deferLater
 
     return deferLater(reactor, seconds, lambda: None)
+
+
+@pytest_twisted.inlineCallbacks
+def test_max_queue_0_is_unbounded_and_queue_timeout_0_is_never(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--max-queue 0 --queue-timeout-ms 0: behind a busy worker, 2000 items (past the default bound of 1024)
+    are all taken, none carries a deadline, and all run after waiting."""
+    deadlines: list[float] = []
+    real = work.guarded_run
+
+    def recording(kind, iterations, deadline, token=None):
+        deadlines.append(deadline)
+        return real(kind, iterations, deadline, token)
+
+    monkeypatch.setattr(work, "guarded_run", recording)
+    options = tap.Options()
+    options.parseOptions(["--dispatch", "threads", "--pool-size", "1", "--max-queue", "0", "--queue-timeout-ms",
+                          "0", "--work-ms", "1", "--work-iterations", "1"])
+    dispatcher = tap.build(options, reactor, CollectorRegistry()).getServiceNamed("dispatcher")
+    dispatcher.startService()
+    release = threading.Event()
+    try:
+        dispatcher.pool.call(lambda ok, result: None, release.wait)  # occupy the only worker
+        ds = [dispatcher.submit("pbkdf2", 0) for _ in range(2000)]
+        assert not [d for d in ds if d.called]  # a refusal (queue_full) fails at once
+        yield _sleep(0.3)  # any timeout of this order would expire them all
+        release.set()
+        digests = yield gatherResults(ds)
+    finally:
+        release.set()
+        yield dispatcher.stopService()
+    assert set(digests) == {work.run("pbkdf2", 0)}
+    assert deadlines == [0.0] * 2000
 
 
 @pytest_twisted.inlineCallbacks

@@ -1,7 +1,14 @@
-"""What only real sockets show: accepted and done connections for a real client."""
+"""What only real sockets and a real reactor show: accepted and done connections for a real client, the
+listen backlog asked for, the reactor's lag."""
 
 from __future__ import annotations
 
+import socket
+import struct
+import sys
+import time
+
+import pytest
 import pytest_twisted
 import treq
 from prometheus_client import CollectorRegistry
@@ -56,4 +63,45 @@ def test_connection_close_requests_are_each_accepted_and_done() -> None:
         ) == 0
     finally:
         yield pool.closeCachedConnections()
+        yield root.stopService()
+
+
+def _max_accept_queue(sock: socket.socket) -> int:
+    """A listening socket's accept-queue limit: ``TCP_INFO``'s tcpi_sacked holds it for a LISTEN socket."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    assert info[0] == 10, "not a listening socket"  # TCP_LISTEN
+    return struct.unpack_from("=8B6I", info)[13]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="TCP_INFO as Linux has it")
+@pytest.mark.parametrize("extra", [[], ["--reuse-port"]], ids=["listen", "workers-child"])
+@pytest_twisted.inlineCallbacks
+def test_listen_backlog_is_the_one_asked_for(extra: list[str]) -> None:
+    """-l tcp:0:backlog=7 listens with an accept queue of 7, alone and as a --workers child (SO_REUSEPORT)."""
+    options = tap.Options()
+    options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1:backlog=7", "--work-ms", "1",
+                          "--work-iterations", "1", *extra])
+    root = tap.build(options, reactor, CollectorRegistry())
+    root.startService()
+    try:
+        assert _max_accept_queue(root.getServiceNamed("listen-0").port.socket) == 7
+    finally:
+        yield root.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_reactor_lag_metric_observes_a_blocked_reactor() -> None:
+    """Blocking the reactor thread for 0.5 s shows in dataserv_reactor_lag_seconds: a tick over 0.25 s late."""
+    root = tap.build(_options("--work-iterations", "1"), reactor, CollectorRegistry())
+    root.startService()
+    registry = root.metrics.registry
+    try:
+        yield deferLater(reactor, 0.25, lambda: None)
+        time.sleep(0.5)  # on the reactor thread: nothing runs meanwhile
+        yield deferLater(reactor, 0.05, lambda: None)
+        count = registry.get_sample_value("dataserv_reactor_lag_seconds_count")
+        on_time = registry.get_sample_value("dataserv_reactor_lag_seconds_bucket", {"le": "0.25"})
+        assert count >= 2 and on_time < count, (count, on_time)
+        assert registry.get_sample_value("dataserv_reactor_lag_seconds_sum") >= 0.35
+    finally:
         yield root.stopService()

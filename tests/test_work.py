@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
 
 import pytest
@@ -61,3 +63,47 @@ def test_calibration_is_within_25_percent_of_the_asked_time(kind: str) -> None:
 def test_calibrate_rejects_unknown_kind() -> None:
     with pytest.raises(ValueError, match="unknown work kind"):
         work.calibrate("bogus", 4.0)
+
+
+def _progress_of_another_thread(kind: str, iterations: int) -> int:
+    """How far a counting thread gets while this thread runs ``iterations`` of ``kind``.
+
+    The counter gives the GIL up only by sleeping (every 1000 counts), so that
+    this thread can take it back; with a long switch interval the interpreter
+    does not force a switch either, so the counter advances only while the
+    work itself releases the GIL.
+    """
+    count = 0
+    stop = threading.Event()
+
+    def counter() -> None:
+        nonlocal count
+        while not stop.is_set():
+            for _ in range(1000):
+                count += 1
+            time.sleep(0.0005)
+
+    thread = threading.Thread(target=counter, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.02)
+        before = count
+        work.run(kind, iterations)
+        return count - before
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def test_python_work_holds_the_gil_and_pbkdf2_releases_it() -> None:
+    """Another Python thread makes (next to) no progress while ``python`` work runs, and plenty while
+    ``pbkdf2`` work of the same CPU time runs: what --work-kind python is for."""
+    iterations = {kind: work.calibrate(kind, 100.0).iterations for kind in work.KINDS}
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(5.0)  # far longer than the work: no forced switch mid-run
+    try:
+        progress = {kind: _progress_of_another_thread(kind, iterations[kind]) for kind in work.KINDS}
+    finally:
+        sys.setswitchinterval(interval)
+    assert progress["pbkdf2"] > 0, progress
+    assert progress["python"] < progress["pbkdf2"] / 10, progress
