@@ -72,7 +72,8 @@ class DataApp:
         self.metrics = metrics
         self.calibration = calibration
         self.max_work_ms = max_work_ms
-        self.ready = True
+        self.ready = True  # /readyz: 503 from the moment a drain starts (its grace included)
+        self.draining = False  # /data: 503 draining once listening has stopped
 
     def resource(self) -> FastKleinResource:
         """The app as a twisted.web resource (static routes on the fast path)."""
@@ -81,7 +82,7 @@ class DataApp:
     @app.route("/data", methods=["GET"])
     def data(self, request: IRequest) -> Deferred[bytes] | bytes:
         request.route = "/data"
-        if not self.ready:
+        if self.draining:
             return self._shed(request, "draining")
         raw = request.args.get(b"work_ms")
         try:

@@ -88,6 +88,9 @@ OPTIONS: dict[str, tuple[str | None, Callable[[str, str], Any], str]] = {
                        "Seconds a client has to send a complete request head."),
     "body-timeout": ("30", _non_negative_float,
                      "Seconds a client has, after a request head, to send the whole body."),
+    "drain-grace": ("0", _non_negative_float,
+                    "On SIGTERM, seconds to go on serving (and listening) with /readyz 503 before the "
+                    "drain, so that load balancers' health checks take the instance out first."),
     "drain-timeout": ("30", _non_negative_float,
                       "On SIGTERM, seconds to finish in-flight requests before exiting."),
     "access-log": ("off", _choice("off", "combined", "json"), "Per-request log: off, combined or json."),

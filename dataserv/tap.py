@@ -235,7 +235,7 @@ def build(options: Any, reactor: IReactorCore, registry: CollectorRegistry | Non
         listener.setName(f"listen-{i}")
         listener.setServiceParent(root)
         listeners.append(listener)
-    drainer = Drainer(reactor, site, app, listeners, metrics, options["drain-timeout"])
+    drainer = Drainer(reactor, site, app, listeners, metrics, options["drain-timeout"], options["drain-grace"])
     drainer.setName("drainer")
     drainer.setServiceParent(root)
     root.site = site  # type: ignore[attr-defined]
@@ -245,7 +245,11 @@ def build(options: Any, reactor: IReactorCore, registry: CollectorRegistry | Non
 class Drainer(Service):
     """Graceful drain on SIGTERM, then exit 0.
 
-    Stop listening, answer ``/readyz`` 503, close idle keep-alive connections
+    Answer ``/readyz`` 503 at once; go on serving and listening for ``grace``
+    seconds (``--drain-grace``), time for a load balancer's health checks to
+    see the 503 and send no more (its checks connect anew each time, so once
+    listening stops they see a refused connect, not the 503); then stop
+    listening, answer ``/data`` 503 draining, close idle keep-alive connections
     (the rest close after their response, which says ``Connection: close``),
     wait for every in-flight request up to ``timeout``, cut and count what is
     left, then stop the reactor; the service tree then stops the pool last.
@@ -254,13 +258,14 @@ class Drainer(Service):
     """
 
     def __init__(self, reactor: Any, site: DataSite, app: DataApp, listeners: list[ListenerService],
-                 metrics: Metrics, timeout: float) -> None:
+                 metrics: Metrics, timeout: float, grace: float = 0.0) -> None:
         self.reactor = reactor
         self.site = site
         self.app = app
         self.listeners = listeners
         self.metrics = metrics
         self.timeout = timeout
+        self.grace = grace
         self.draining: Deferred[None] | None = None
         self._previous: Any = None
 
@@ -290,8 +295,12 @@ class Drainer(Service):
     @inlineCallbacks
     def drain(self) -> Any:
         """Everything up to stopping the reactor; fires when in-flight requests are done or cut."""
-        _log.info("dataserv draining: {n} requests in flight, up to {t} s", n=self.site.in_flight, t=self.timeout)
         self.app.ready = False
+        if self.grace:
+            _log.info("dataserv not ready: /readyz answers 503; draining in {g} s", g=self.grace)
+            yield deferLater(self.reactor, self.grace, lambda: None)
+        _log.info("dataserv draining: {n} requests in flight, up to {t} s", n=self.site.in_flight, t=self.timeout)
+        self.app.draining = True
         self.metrics.accepting.set(0)
         for listener in self.listeners:
             yield maybeDeferred(listener.stopService)

@@ -164,16 +164,13 @@ def _wait_for_haproxy(stats: Path, condition, what: str, timeout: float = 10) ->
 
 def test_haproxy_spreads_over_two_instances_and_skips_one_that_drains(tmp_path: Path) -> None:
     """HAProxy spreads /data over two instances; when one gets SIGTERM while it has a request in flight,
-    HAProxy marks it DOWN while it is still draining, sends every later request to the other one (with no
-    retries and no redispatch to hide a mistake), and the in-flight request still gets its 200.
-
-    HAProxy opens a new connection for each health check, and a draining instance has stopped listening,
-    so the check fails on the connect (L4CON), before any /readyz could answer 503: readiness is not what
-    takes the instance out of HAProxy (test_twistd checks /readyz on a connection opened before SIGTERM).
-    """
+    its /readyz 503 (during --drain-grace, while it still listens) is what HAProxy's check sees (L7STS 503,
+    not a refused connect): HAProxy marks it DOWN, sends every later request to the other one (with no
+    retries and no redispatch to hide a mistake), and the in-flight request still gets its 200."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    a = Twistd(tmp_path / "a", "--work-ms", "1", "--max-work-ms", "5000", "--drain-timeout", "30")
+    a = Twistd(tmp_path / "a", "--work-ms", "1", "--max-work-ms", "5000", "--drain-timeout", "30",
+               "--drain-grace", "2")
     b = Twistd(tmp_path / "b", "--work-ms", "1")
     front = _free_port()
     sockets = Path(tempfile.mkdtemp(prefix="haproxy-"))  # short: a unix socket path has ~100 bytes
@@ -205,8 +202,9 @@ def test_haproxy_spreads_over_two_instances_and_skips_one_that_drains(tmp_path: 
         a.proc.send_signal(signal.SIGTERM)
         servers = _wait_for_haproxy(stats, lambda s: s["ds1"]["status"] == "DOWN", "ds1 DOWN")
         assert a.proc.poll() is None, "a had exited before HAProxy marked it down: nothing was draining"
-        assert (servers["ds1"]["check_status"], servers["ds1"]["last_chk"]) == ("L4CON", "Connection refused")
+        assert (servers["ds1"]["check_status"], servers["ds1"]["check_code"]) == ("L7STS", "503")
         assert servers["ds2"]["status"] == "UP"
+        assert a.get("/healthz")[0] == 200, "a stopped listening before HAProxy saw it not ready"
 
         before_b = count(b)
         assert through_haproxy(20) == [200] * 20  # no retry, no redispatch: none went to a

@@ -125,17 +125,17 @@ def test_twistd_serves_data_and_metrics_then_exits_on_sigterm(tmp_path: Path, di
     ],
 )
 def test_twistd_bad_option_is_one_line(tmp_path: Path, args: list[str], message: str) -> None:
-    """A bad value: non-zero exit, one line naming the option, no usage dump."""
+    """A bad value: exit 2, one line naming the option, no usage dump."""
     result = subprocess.run(
         [TWISTD, "-n", "--pidfile=", "dataserv", *args], cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
-    assert result.returncode != 0
+    assert result.returncode == 2
     lines = (result.stdout + result.stderr).strip().splitlines()
     assert lines == [f"twistd dataserv: {message}"]
 
 
 def test_twistd_port_in_use_is_one_line(tmp_path: Path) -> None:
-    """Listening on a port that is taken exits non-zero with one line, not a traceback."""
+    """Listening on a port that is taken exits 1 with one line, not a traceback."""
     import socket
 
     taken = socket.socket()
@@ -149,7 +149,7 @@ def test_twistd_port_in_use_is_one_line(tmp_path: Path) -> None:
         )
     finally:
         taken.close()
-    assert result.returncode != 0
+    assert result.returncode == 1
     assert f"twistd dataserv: --listen tcp:{port}:interface=127.0.0.1: Couldn't listen" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
 
@@ -285,6 +285,33 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path: Path) -> None:
         code = server.proc.wait(30)
         assert code == 0, server.output()
         assert _final_counters(server.output()) == (0, 1)
+    finally:
+        _kill(server)
+
+
+def test_drain_grace_serves_with_readyz_503_then_drains(tmp_path: Path) -> None:
+    """--drain-grace: after SIGTERM /readyz answers 503 at once, while new connections are still accepted and
+    /data is served (200, keep-alive) until the grace ends; then listening stops and the process exits 0."""
+    server = Twistd(tmp_path, "--work-ms", "1", "--drain-grace", "3")
+    try:
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        _wait_for_log(server, "dataserv not ready")
+        readyz = server.get("/readyz")  # a new connection: still accepted
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)  # keep-alive
+        conn.request("GET", "/data")
+        data = conn.getresponse()
+        data.read()
+        in_grace = time.monotonic() - started < 3
+        conn.close()
+        assert readyz[0] == 503 and readyz[2] == "draining\n"
+        assert data.status == 200 and data.getheader("Connection") is None  # not yet draining
+        assert in_grace, "the checks took longer than the grace: nothing shown"
+        _wait_for_log(server, "dataserv draining")
+        assert time.monotonic() - started >= 2.9
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
+        assert server.proc.wait(15) == 0
     finally:
         _kill(server)
 
