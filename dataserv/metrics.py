@@ -139,7 +139,7 @@ class Metrics:
         self.requests_shed = Counter(
             "requests_shed", "Requests answered 503 to shed load, by reason.", ["reason"], **kw
         )
-        for reason in ("queue_full", "queue_timeout", "draining"):
+        for reason in ("queue_full", "queue_timeout", "draining", "worker_died"):
             self.requests_shed.labels(reason)
         self.header_timeouts = Counter(
             "header_timeouts", "Connections closed because a request head was not complete in time.", **kw

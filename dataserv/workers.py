@@ -36,6 +36,8 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
 
+from dataserv import _compat
+
 _log = Logger()
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
@@ -53,7 +55,7 @@ def reuse_port_socket(description: str, listen: bool) -> tuple[socket.socket, st
         raise ValueError(f"--workers needs tcp: or tcp6: endpoints, got {description!r}")
     six = isinstance(endpoint, TCP6ServerEndpoint)
     # The parsed endpoint's own fields: interface, port, backlog.
-    interface, port, backlog = endpoint._interface, endpoint._port, endpoint._backlog  # noqa: SLF001
+    interface, port, backlog = _compat.endpoint_address(endpoint)
     sock = socket.socket(socket.AF_INET6 if six else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
