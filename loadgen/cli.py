@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--duration", default="30s", help="measured time (default 30s)")
     run.add_argument("--warmup", default="0s", help="load before measuring starts (default 0s)")
     run.add_argument("--procs", type=int, default=1, help="generator processes sharing the load (default 1)")
+    run.add_argument("--shard", metavar="I/N",
+                     help="open model: send every N-th request of the --rate schedule from the I-th (0-based), "
+                          "so N generators started together merge into one plan")
     run.add_argument("--slo", action="append", default=[], metavar="EXPR",
                      help="e.g. 'p99<50ms', 'error_rate<0.1%%', 'achieved_rps>=0.98*offered'; repeatable")
     run.add_argument("--start-at", type=float, help=argparse.SUPPRESS)  # --procs: common start (epoch s)
@@ -238,14 +241,25 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """'I/N' (0 <= I < N) as (I, N); no shard is (0, 1), the whole schedule."""
+    if text is None:
+        return (0, 1)
+    m = re.match(r"^\s*(\d+)\s*/\s*(\d+)\s*$", text)
+    if not m or not int(m.group(1)) < int(m.group(2)):
+        raise UsageError(f"--shard must be I/N with 0 <= I < N, got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
 def _plan(args: argparse.Namespace, rate: float | None, concurrency: int | None, duration: float,
-          warmup: float) -> Any:
+          warmup: float, shard: tuple[int, int] = (0, 1)) -> Any:
     from loadgen.engine import Plan
 
     try:
         return Plan(model="open" if rate is not None else "closed", duration=duration, rate=rate,
                     concurrency=concurrency, warmup=warmup, connection=args.connection,
-                    timeout=parse_duration(args.timeout, "--timeout"), max_in_flight=args.max_in_flight)
+                    timeout=parse_duration(args.timeout, "--timeout"), max_in_flight=args.max_in_flight,
+                    shard=shard)
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -260,11 +274,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--rate must be a positive number, got {args.rate:g}")
     _positive_int("--concurrency", args.concurrency)
     slos = _parse_slos(args.slo, "--slo")
+    shard = parse_shard(args.shard)
+    if shard[1] > 1 and args.rate is None:
+        raise UsageError("--shard applies to the open model (--rate)")
     target = make_target(args.url, args.headers)
     if args.procs > 1:
-        result = _run_procs(args, duration, warmup)
+        result = _run_procs(args, duration, warmup, shard)
     else:
-        plan = _plan(args, args.rate, args.concurrency, duration, warmup)
+        plan = _plan(args, args.rate, args.concurrency, duration, warmup, shard)
         steps = _run_reactor(target, [plan], args.scrape, quiet=args.quiet, start_at=args.start_at)
         result = RunResult(target=args.url, model=plan.model, connection=args.connection,
                            started_at=_now_iso(), steps=steps)
@@ -424,9 +441,12 @@ def _run_reactor(target: Any, plans: list[Any], scrape_url: str | None, *, quiet
     progress = Progress(enabled=not quiet and sys.stderr.isatty())
 
     async def go(reactor: Any) -> list[Any]:
-        if start_at is not None:
-            await deferLater(reactor, max(0.0, start_at - time.time()), lambda: None)
-        return await run_steps(reactor, target, plans, scrape_url, progress=progress, stop_when=stop_when)
+        start = None
+        if start_at is not None:  # the common start, on the engine's clock; timers may fire a little late
+            start = time.monotonic() + (start_at - time.time())
+            await deferLater(reactor, max(0.0, start - time.monotonic()), lambda: None)
+        return await run_steps(reactor, target, plans, scrape_url, progress=progress, stop_when=stop_when,
+                               start=start)
 
     try:
         return react(go)
@@ -436,8 +456,13 @@ def _run_reactor(target: Any, plans: list[Any], scrape_url: str | None, *, quiet
         progress.close()
 
 
-def _run_procs(args: argparse.Namespace, duration: float, warmup: float) -> Any:
-    """Run N child generators with a common start time, each with a share of the load; merge them."""
+def _run_procs(args: argparse.Namespace, duration: float, warmup: float, shard: tuple[int, int]) -> Any:
+    """Run N child generators with a common start time, each with a share of the load; merge them.
+
+    Open model: child i takes shard i of N of this generator's schedule (of
+    its own --shard, if any), so the children send one schedule between them,
+    interleaved, not N requests at each instant.
+    """
     from loadgen.merge import merge_results
     from loadgen.results import RunResult
 
@@ -453,7 +478,8 @@ def _run_procs(args: argparse.Namespace, duration: float, warmup: float) -> Any:
             for h in args.headers:
                 argv += ["-H", h]
             if args.rate is not None:
-                argv += ["--rate", repr(args.rate / n)]
+                index, count = shard  # child i: every (count * n)-th request of the whole, from index + i * count
+                argv += ["--rate", repr(args.rate), "--shard", f"{index + i * count}/{count * n}"]
             else:
                 share = args.concurrency // n + (1 if i < args.concurrency % n else 0)
                 if share == 0:

@@ -18,6 +18,7 @@ per-request lists.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -72,16 +73,27 @@ class Plan:
     connection: str = "keep-alive"  # | "close"
     timeout: float = 10.0
     max_in_flight: int = 1000
+    shard: tuple[int, int] = (0, 1)  # open model: (I, N), every N-th request of the schedule from the I-th
 
     def __post_init__(self) -> None:
         if self.model == "open" and not (self.rate and self.rate > 0):
             raise ValueError("--rate must be a positive number")
+        index, count = self.shard
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"--shard must be I/N with 0 <= I < N, got {index}/{count}")
+        if count > 1 and self.model != "open":
+            raise ValueError("--shard applies to the open model (--rate)")
         if self.model == "closed" and not (self.concurrency and self.concurrency > 0):
             raise ValueError("--concurrency must be a positive integer")
         if self.duration <= 0:
             raise ValueError("--duration must be positive")
         if self.max_in_flight < 1:
             raise ValueError("--max-in-flight must be a positive integer")
+
+    @property
+    def offered_rate(self) -> float | None:
+        """Open model: the requests per second this generator sends (its shard's share of ``rate``)."""
+        return self.rate / self.shard[1] if self.model == "open" else None  # type: ignore[operator]
 
     @property
     def connection_cap(self) -> int:
@@ -121,6 +133,7 @@ class _Recorder:
         self.ok = 0
         self.errors = dict.fromkeys(ERROR_KINDS, 0)
         self.missed = 0
+        self.busy_s = 0.0  # closed model: the users' time in requests, summed (for Little's law)
         self.first_intended: float | None = None
         self.last_done = 0.0
         self.first_ok_done: float | None = None
@@ -140,8 +153,10 @@ class Engine(ConnectionOwner):
         cpu: Callable[[], float] = time.process_time,
         progress: Callable[[dict[str, Any]], None] | None = None,
         on_schedule_end: Callable[[], None] | None = None,
+        start: float | None = None,
     ) -> None:
         self.reactor = reactor
+        self.start = start  # the schedule's zero on the ``now`` clock; default: when run() is called
         self.on_schedule_end = on_schedule_end
         self.target = target
         self.plan = plan
@@ -150,7 +165,7 @@ class Engine(ConnectionOwner):
         self.progress = progress
         self.close_mode = plan.connection == "close"
         self.request = PreparedRequest(target.path, target.host_header, target.headers, not self.close_mode)
-        self.pacer = ConstantPacer(plan.rate) if plan.model == "open" else None
+        self.pacer = ConstantPacer(plan.rate, *plan.shard) if plan.model == "open" else None
         self.cap = plan.connection_cap
         # connection bookkeeping
         self.idle: list[Connection] = []
@@ -175,16 +190,20 @@ class Engine(ConnectionOwner):
     # -- running ---------------------------------------------------------
 
     def run(self) -> Deferred[StepResult]:
-        """Start the step; the Deferred fires with its result once in-flight requests are done."""
+        """Start the step; the Deferred fires with its result once in-flight requests are done.
+
+        With ``start`` (a common start shared by several generators) the schedule
+        counts from it, not from whenever this call came.
+        """
         self._done = Deferred()
-        self.t0 = self.now()
+        self.t0 = self.now() if self.start is None else self.start
         self.measure_from = self.t0 + self.plan.warmup
         self.end = self.measure_from + self.plan.duration
         self.cpu0 = self.cpu()
         self._sweep_call = self.reactor.callLater(_TIMEOUT_SWEEP_S, self._sweep)
         if self.progress is not None:
             self._progress_call = self.reactor.callLater(1.0, self._report_progress)
-        self._end_call = self.reactor.callLater(self.end - self.now(), self._finish_schedule)
+        self._end_call = self.reactor.callLater(max(0.0, self.end - self.now()), self._finish_schedule)
         if self.pacer is not None:
             self._tick()
         else:
@@ -281,6 +300,8 @@ class Engine(ConnectionOwner):
                 rec.service.record_ms((now - sent) * 1000.0)
         else:
             rec.errors[kind] += 1
+        if self.pacer is None:
+            rec.busy_s += now - intended
 
     def _next(self, now: float) -> None:
         """A slot freed: start what waits for it (open) or the user's next request (closed)."""
@@ -313,7 +334,7 @@ class Engine(ConnectionOwner):
     def connection_idle(self, conn: Connection) -> None:
         # Called inside the protocol before the response's end reaches us:
         # only mark it idle here; _completed sends the next request.
-        if self.close_mode or self._stopping:
+        if self.close_mode or (self._stopping and not self.waiting and not self.pending):
             conn.transport.loseConnection()
             return
         self.idle.append(conn)
@@ -323,7 +344,7 @@ class Engine(ConnectionOwner):
         if conn in self.idle:
             self.idle.remove(conn)
         self._maybe_done()
-        if not self.close_mode and not self._stopping:
+        if not self.close_mode and (not self._stopping or self.pending):
             self.reactor.callLater(0, self._pump)
 
     def connect_failed(self, conn: Connection, reason: Failure) -> None:
@@ -364,18 +385,21 @@ class Engine(ConnectionOwner):
         self._progress_call = self.reactor.callLater(1.0, self._report_progress)
 
     def _finish_schedule(self) -> None:
-        """The step's time is up: start nothing new; wait for what is in flight (up to the timeout)."""
+        """The step's time is up: start nothing new; finish what is in flight or due (up to the timeout).
+
+        Requests that fell due in the step but still wait for a slot are sent as
+        slots free up, with their latency from their intended start: cutting
+        them off here would turn a stall at the end of a step into errors and
+        hide its latency.  Those still unsent at the drain deadline are timeouts.
+        """
         self._stopping = True
         if self._tick_call is not None and self._tick_call.active():
             self._tick_call.cancel()
         if self.on_schedule_end is not None:
             self.on_schedule_end()
-        # Due starts still waiting for a slot will never be sent: count them as timeouts.
-        now = self.now()
-        while self.waiting:
-            self._record(self.waiting.popleft(), None, now, "timeout")
-        for conn in list(self.idle):
-            conn.transport.loseConnection()
+        if not self.waiting:
+            for conn in list(self.idle):
+                conn.transport.loseConnection()
         self._drain_call = self.reactor.callLater(self.plan.timeout + 1.0, self._abandon)
         self._maybe_done()
 
@@ -388,12 +412,14 @@ class Engine(ConnectionOwner):
         while self.pending:
             self.in_flight -= 1
             self._record(self.pending.popleft(), None, now, "timeout")
+        while self.waiting:
+            self._record(self.waiting.popleft(), None, now, "timeout")
         self._maybe_done(force=True)
 
     def _maybe_done(self, force: bool = False) -> None:
         if not self._stopping or self._done is None or self._done.called:
             return
-        if self.in_flight > 0 and not force:
+        if (self.in_flight > 0 or self.waiting) and not force:
             return
         if self.open > 0 and not force:
             for conn in list(self.idle):
@@ -405,15 +431,24 @@ class Engine(ConnectionOwner):
         self._done.callback(self._result())
 
     def _achieved(self, duration: float) -> float:
-        """Successful responses per second, from the spacing of their completions.
+        """Successful responses per second.
 
-        N completions spread over a span of (N - 1) / rate, whether the rate is
-        the offered one or the server's capacity; dividing by the step's
-        duration instead would either count a backlog served after the step as
-        throughput, or (dividing by the time to the last completion) charge a
-        short step one latency too many.
+        Open model: from the spacing of their completions.  N completions
+        spread over a span of (N - 1) / rate, whether the rate is the offered
+        one or the server's capacity; dividing by the step's duration instead
+        would either count a backlog served after the step as throughput, or
+        (dividing by the time to the last completion) charge a short step one
+        latency too many.
+
+        Closed model: by Little's law.  U users always have one request out, so
+        U / (mean time per request) is the throughput, whatever the window's
+        edges; the spacing of completions is not, since users in step with each
+        other complete in bursts of U (N completions then span N / rate, and
+        (N - 1) / span over-counts a short step by one burst).
         """
         rec = self.rec
+        if self.pacer is None and rec.busy_s > 0:
+            return (self.plan.concurrency or 0) * rec.ok / rec.busy_s
         if rec.ok >= 2 and rec.first_ok_done is not None and rec.last_ok_done > rec.first_ok_done:
             return (rec.ok - 1) / (rec.last_ok_done - rec.first_ok_done)
         return rec.ok / duration
@@ -429,7 +464,7 @@ class Engine(ConnectionOwner):
         cpu_percent = 100.0 * cpu_s / wall
         saturated = rec.missed > 0 or lag_p99 > SATURATION_LAG_MS or cpu_percent > SATURATION_CPU_PERCENT
         return StepResult(
-            offered_rps=self.plan.rate if self.plan.model == "open" else None,
+            offered_rps=self.plan.offered_rate,
             concurrency=self.plan.concurrency if self.plan.model == "closed" else None,
             duration_s=round(duration, 6),
             requests=rec.requests,
@@ -445,6 +480,7 @@ class Engine(ConnectionOwner):
                 "saturated": saturated,
                 "missed": rec.missed,
                 "cpu_s": round(cpu_s, 4),
+                "pids": [os.getpid()],
             },
             server=None,
             histogram=rec.latency.encode(),

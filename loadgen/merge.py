@@ -28,7 +28,8 @@ def _sum_optional(values: Sequence[float | int | None]) -> Any:
 
 
 def _merge_generator(generators: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Worst lag, total CPU, saturated if any process was; other keys: max for maxima/percentiles, else sum."""
+    """Worst lag, total CPU, saturated if any process was, lists (the ``pids``) joined; other keys: max for
+    maxima/percentiles, else sum."""
     merged: dict[str, Any] = {}
     for key in dict.fromkeys(key for generator in generators for key in generator):
         values = [generator[key] for generator in generators if generator.get(key) is not None]
@@ -36,6 +37,8 @@ def _merge_generator(generators: Sequence[dict[str, Any]]) -> dict[str, Any]:
             merged[key] = None
         elif key == "saturated" or all(isinstance(value, bool) for value in values):
             merged[key] = any(values)
+        elif all(isinstance(value, list) for value in values):
+            merged[key] = [item for value in values for item in value]
         elif key == "cpu_percent":
             merged[key] = sum(values)
         elif all(isinstance(value, int | float) for value in values):

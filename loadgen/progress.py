@@ -16,7 +16,7 @@ class Progress:
     def start_step(self, index: int, total: int, plan: Any) -> None:
         if not self.enabled:
             return
-        load = f"{plan.rate:g} rps" if plan.model == "open" else f"concurrency {plan.concurrency}"
+        load = f"{plan.offered_rate:g} rps" if plan.model == "open" else f"concurrency {plan.concurrency}"
         self._label = f"step {index}/{total}: {load}, {plan.connection}"
         if self._live is None:
             from rich.console import Console

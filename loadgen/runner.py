@@ -20,10 +20,13 @@ async def run_steps(
     progress: Any = None,
     stop_when: list[Any] | None = None,
     scrape_interval: float = 1.0,
+    start: float | None = None,
 ) -> list[StepResult]:
     """Run ``plans`` one after another, each scraped when ``scrape_url`` is given.
 
-    Stops after a step where any ``stop_when`` condition holds.
+    Stops after a step where any ``stop_when`` condition holds.  ``start`` (on
+    the engine's monotonic clock) is the first step's schedule zero, when
+    several generators share one.
     """
     steps: list[StepResult] = []
     for i, plan in enumerate(plans):
@@ -33,7 +36,8 @@ async def run_steps(
         if progress is not None:
             progress.start_step(i + 1, len(plans), plan)
         step = await Engine(reactor, target, plan, progress=progress.update if progress else None,
-                            on_schedule_end=scraper.mark_load_end if scraper is not None else None).run()
+                            on_schedule_end=scraper.mark_load_end if scraper is not None else None,
+                            start=start if i == 0 else None).run()
         if scraper is not None:
             summary = await scraper.stop()
             if summary is not None:

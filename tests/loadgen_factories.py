@@ -1,11 +1,21 @@
-"""Builders of loadgen results from known latencies, shared by the loadgen unit tests."""
+"""Shared by the loadgen tests: results built from known latencies, and the real CLI against a reference server."""
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
 from typing import Any
+
+from hdrh.histogram import HdrHistogram
 
 from loadgen.results import RunResult, StepResult
 from loadgen.stats import LatencyHistogram
+
+SERVERS = Path(__file__).parent / "servers"
 
 
 def histogram_of(values_ms: list[float]) -> LatencyHistogram:
@@ -94,3 +104,77 @@ def step_with(offered: float | None, achieved: float, p50: float, p99: float, **
     if "ok" not in others:
         fields["ok"] = fields["requests"] - sum(fields["errors"].values())
     return StepResult(**fields)
+
+
+# -- the real CLI against a reference server in another process ---------------
+
+
+class Server:
+    """tests/servers/delay_server.py (nothing of loadgen in it) in a subprocess, on a free loopback port."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(SERVERS / "delay_server.py"), *args], stdout=subprocess.PIPE, text=True
+        )
+        line = self.proc.stdout.readline()
+        m = re.match(r"port (\d+)", line)
+        assert m, f"server did not start: {line!r}"
+        self.url = f"http://127.0.0.1:{m.group(1)}/"
+
+    def _get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=5) as r:
+            return json.loads(r.read())
+
+    def stats(self) -> dict:
+        """Connections accepted, most open at once, requests, abandoned requests, and the freezes."""
+        return self._get("stats")
+
+    def arrivals(self) -> list[tuple[float, int]]:
+        """(seconds after the first request, client port) of each request, in arrival order."""
+        return [tuple(a) for a in self._get("arrivals")]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+class Servers:
+    """Starts reference servers on demand (``make(*args)``) and stops them all on exit."""
+
+    def __init__(self) -> None:
+        self.started: list[Server] = []
+
+    def __enter__(self) -> Any:
+        def make(*args: str) -> Server:
+            self.started.append(Server(*args))
+            return self.started[-1]
+
+        return make
+
+    def __exit__(self, *exc: object) -> None:
+        for server in self.started:
+            server.stop()
+
+
+def loadgen(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """The installed ``loadgen`` CLI (``python -m loadgen``), bounded in time."""
+    result = subprocess.run([sys.executable, "-m", "loadgen", *args], capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"loadgen exited {result.returncode}: {result.stderr}")
+    return result
+
+
+def run_step(tmp_path: Path, *args: str) -> dict:
+    """``loadgen run ARGS``; its one step, as written to the result file."""
+    out = tmp_path / "result.json"
+    loadgen("run", *args, "--out", str(out), "--quiet")
+    data = json.loads(out.read_text())
+    assert data["tool"] == "loadgen" and len(data["steps"]) == 1
+    return data["steps"][0]
+
+
+def count_above(payload: str, ms: float) -> int:
+    """How many values of an encoded histogram (a result file's) are above ``ms``, read with hdrh itself."""
+    hist = HdrHistogram.decode(payload.encode("ascii"))
+    return sum(item.count_at_value_iterated_to for item in hist.get_recorded_iterator()
+               if hist.get_lowest_equivalent_value(item.value_iterated_to) > ms * 1000.0)

@@ -9,64 +9,18 @@ import json
 import re
 import shutil
 import subprocess
-import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
-
-SERVERS = Path(__file__).parent / "servers"
+from loadgen_factories import Servers, loadgen, run_step
 
 pytestmark = pytest.mark.slow
 
 
-class Server:
-    """A test server subprocess (tests/servers/delay_server.py) on a free loopback port."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(SERVERS / "delay_server.py"), *args], stdout=subprocess.PIPE, text=True
-        )
-        line = self.proc.stdout.readline()
-        m = re.match(r"port (\d+)", line)
-        assert m, f"server did not start: {line!r}"
-        self.url = f"http://127.0.0.1:{m.group(1)}/"
-
-    def stats(self) -> dict:
-        with urllib.request.urlopen(self.url + "stats", timeout=5) as r:
-            return json.loads(r.read())
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
 @pytest.fixture
 def server_factory():
-    servers: list[Server] = []
-
-    def make(*args: str) -> Server:
-        servers.append(Server(*args))
-        return servers[-1]
-
-    yield make
-    for s in servers:
-        s.stop()
-
-
-def loadgen(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "loadgen", *args], capture_output=True, text=True, timeout=120)
-    if check and result.returncode != 0:
-        raise AssertionError(f"loadgen exited {result.returncode}: {result.stderr}")
-    return result
-
-
-def run_step(tmp_path: Path, *args: str) -> dict:
-    out = tmp_path / "result.json"
-    loadgen("run", *args, "--out", str(out), "--quiet")
-    data = json.loads(out.read_text())
-    assert data["tool"] == "loadgen" and len(data["steps"]) == 1
-    return data["steps"][0]
+    with Servers() as make:
+        yield make
 
 
 def wrk_p50_ms(url: str) -> float:
@@ -89,20 +43,6 @@ def test_fixed_rate_matches_an_independent_client(tmp_path: Path, server_factory
     assert abs(step["achieved_rps"] - 200) / 200 <= 0.02
     assert step["generator"]["saturated"] is False
     assert step["generator"]["schedule_lag_ms_p99"] < 5.0
-
-
-def test_coordinated_omission_is_corrected(tmp_path: Path, server_factory) -> None:
-    """A server that freezes 300 ms every 1.5 s: corrected p99 shows the freeze, service-time p99 does not."""
-    server = server_factory("--delay-ms", "1", "--freeze-ms", "300", "--freeze-every-ms", "1500")
-    step = run_step(tmp_path, server.url, "--rate", "100", "--duration", "4s", "--max-in-flight", "2")
-    assert step["latency_ms"]["p99"] >= 150.0, step
-    assert step["latency_ms"]["max"] >= 200.0, step
-    # The requests sent during a freeze wait for it too, but only 2 at a time:
-    # the rest were never sent, so the uncorrected view sees a handful of slow ones.
-    assert step["service_time_ms"]["p90"] < 50.0, step
-    assert step["latency_ms"]["p99"] > 3 * step["service_time_ms"]["p90"]
-    assert step["generator"]["missed"] > 0 and step["generator"]["saturated"] is True
-    assert step["ok"] == step["requests"] == 400
 
 
 def test_close_mode_makes_one_connection_per_request(tmp_path: Path, server_factory) -> None:
@@ -139,6 +79,9 @@ def test_keep_alive_never_exceeds_its_connection_cap(tmp_path: Path, server_fact
         (["run", "http://no-such-host.invalid/", "--rate", "1"], "cannot resolve host"),
         (["run", "http://127.0.0.1:1/", "--rate", "1", "--slo", "p99<fast"], "--slo"),
         (["sweep", "http://127.0.0.1:1/", "--rates", "10:5:1"], "--rates needs"),
+        (["run", "http://127.0.0.1:1/", "--rate", "1", "--shard", "2/2"], "--shard must be I/N"),
+        (["run", "http://127.0.0.1:1/", "--rate", "1", "--shard", "one"], "--shard must be I/N"),
+        (["run", "http://127.0.0.1:1/", "--concurrency", "2", "--shard", "0/2"], "--shard applies to the open model"),
         (["report", "/nonexistent.json"], "/nonexistent.json"),
     ],
 )

@@ -103,6 +103,15 @@ def test_generator_figures_take_the_worst_lag_total_cpu_and_any_saturation(
     assert merged.steps[index].generator == pytest.approx(expected)
 
 
+def test_generator_pids_of_every_process_are_kept() -> None:
+    """Each process's ``pids`` are listed in the merged step, in the order of the results (they are not summed)."""
+    a, b = two_process_runs()
+    a.steps[0].generator["pids"] = [101]
+    b.steps[0].generator["pids"] = [202]
+    merged = merge_results([a, b, merge_results([a, b])])
+    assert merged.steps[0].generator["pids"] == [101, 202, 101, 202]
+
+
 def test_server_comes_from_the_first_result_that_has_it_and_metadata_is_reset() -> None:
     """Server figures are taken once (all scraped the same server); knee/SLO are left for the caller."""
     a, b = two_process_runs()

@@ -108,3 +108,64 @@ def test_negative_request_number_is_refused() -> None:
 def test_rate_is_exposed() -> None:
     """The rate is readable (reports and the engine need it) and integer rates become floats."""
     assert ConstantPacer(250).rate == 250.0
+
+
+# -- shards: one generator's share of a schedule (--shard I/N, --procs N) ----
+
+
+@pytest.mark.parametrize(
+    ("rate", "shard", "shards", "n", "expected"),
+    [
+        (200.0, 0, 2, 0, 0.0),
+        (200.0, 1, 2, 0, 0.005),  # offset by one interval of the whole schedule: 1 / rate
+        (200.0, 1, 2, 1, 0.015),  # then every N / rate
+        (200.0, 0, 2, 3, 0.03),
+        (300.0, 2, 3, 0, 2 / 300),
+        (300.0, 2, 3, 10, 32 / 300),
+        (7.3, 4, 5, 2, 14 / 7.3),
+        (1000.0, 0, 1, 999, 0.999),  # one shard is the whole schedule
+    ],
+)
+def test_shard_n_is_request_n_times_shards_plus_shard(rate: float, shard: int, shards: int, n: int,
+                                                      expected: float) -> None:
+    """Shard I of N sends request n * N + I of the whole schedule: offset I / rate, then every N / rate."""
+    assert ConstantPacer(rate, shard, shards).intended(n) == pytest.approx(expected, rel=1e-15, abs=0)
+
+
+@pytest.mark.parametrize(("rate", "shards"), [(200.0, 2), (7.3, 3), (1000.0, 4), (0.5, 5), (12345.678, 7)])
+def test_shards_together_are_the_whole_schedule(rate: float, shards: int) -> None:
+    """The N shards' start times, merged, are exactly one generator's: none twice, none missing, none moved."""
+    whole = ConstantPacer(rate)
+    merged = sorted(ConstantPacer(rate, i, shards).intended(n) for i in range(shards) for n in range(50))
+    assert merged == [whole.intended(m) for m in range(50 * shards)]
+
+
+@pytest.mark.parametrize(("rate", "shards"), [(200.0, 2), (7.3, 3), (1000.0, 4), (0.5, 5)])
+@pytest.mark.parametrize("t", [-1.0, 0.0, 0.001, 0.005, 0.0149, 1.0, 3.7, 1e6])
+def test_shard_counts_add_up_to_the_whole_count(rate: float, shards: int, t: float) -> None:
+    """By any time, the shards have between them as many requests due as the whole schedule has."""
+    whole = ConstantPacer(rate).count_until(t)
+    assert sum(ConstantPacer(rate, i, shards).count_until(t) for i in range(shards)) == whole
+
+
+@pytest.mark.parametrize(("shard", "shards"), [(0, 2), (1, 2), (2, 3), (6, 7)])
+@pytest.mark.parametrize("n", [0, 1, 17, 10**9 + 7])
+def test_shard_count_until_agrees_with_intended(shard: int, shards: int, n: int) -> None:
+    """At exactly a shard's intended(n) its request n is due, and just before it is not."""
+    pacer = ConstantPacer(7.3, shard, shards)
+    t = pacer.intended(n)
+    assert pacer.count_until(t) == n + 1
+    assert pacer.count_until(math.nextafter(t, -math.inf)) == n
+
+
+def test_a_shard_offers_its_share_of_the_rate() -> None:
+    """A shard's rate is the whole rate over the number of shards (what the step reports as offered)."""
+    assert ConstantPacer(200.0, 1, 2).rate == 100.0
+    assert ConstantPacer(300.0, 0, 3).rate == 100.0
+
+
+@pytest.mark.parametrize(("shard", "shards"), [(2, 2), (-1, 2), (0, 0), (0, -1), (0.5, 2), (0, 2.0), (True, 2)])
+def test_bad_shard_is_refused(shard: object, shards: object) -> None:
+    """A shard must be an integer I with 0 <= I < N, N a positive integer."""
+    with pytest.raises(ValueError, match="shard"):
+        ConstantPacer(1.0, shard, shards)  # type: ignore[arg-type]

@@ -1,51 +1,111 @@
 """A test server with a known service time, for the load generator's tests.
 
-    python delay_server.py [--delay-ms 10] [--freeze-ms 0 --freeze-every-ms 1500]
+    python delay_server.py [--delay-ms 10] [--capacity N]
+                           [--freeze-ms 0 (--freeze-every-ms 1500 | --freeze-at-ms 500,2250)]
 
-Prints ``port N`` once listening on a free loopback port.  ``GET /`` answers
-after ``--delay-ms`` (a ``callLater``, so requests overlap); with
-``--freeze-ms`` the reactor is blocked that long every ``--freeze-every-ms``
-(nothing is read, accepted or answered meanwhile).  ``GET /stats`` answers
-JSON: connections accepted, the most open at once, requests served.
+Prints ``port N`` once listening on a free loopback port.  It imports nothing
+of loadgen: it is the reference the generator is measured against.
+
+``GET /`` answers after ``--delay-ms`` (a ``callLater``, so requests overlap).
+With ``--capacity N`` at most N requests are in their delay at once and the
+rest wait their turn (first come, first served), so the server's capacity is
+N / delay.  With ``--freeze-ms`` the reactor is blocked that long (nothing is
+read, accepted or answered meanwhile), either every ``--freeze-every-ms`` from
+the start, or at each ``--freeze-at-ms`` offset after the first ``GET /``.
+
+Other paths: ``/status/NNN`` answers status NNN after the delay; ``/reset``
+resets the connection (RST, SO_LINGER 0) after the delay.  ``GET /stats``
+answers JSON: connections accepted, the most open at once, requests served,
+requests whose client left before the answer (``abandoned``), and each
+freeze's start (seconds after the first request) and measured length.
+``GET /arrivals`` answers the arrival time of each request (seconds after the
+first, at most 100000) and the client's port.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import socket
+import struct
 import time
+from collections import deque
 
 from twisted.internet import reactor
 from twisted.internet.task import LoopingCall
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-STATS = {"accepted": 0, "open": 0, "max_open": 0, "requests": 0}
+STATS = {"accepted": 0, "open": 0, "max_open": 0, "requests": 0, "abandoned": 0, "freezes": []}
+ARRIVALS: list[tuple[float, int]] = []
+MAX_ARRIVALS = 100_000
+FIRST: list[float] = []  # monotonic time of the first GET /, once it came
+
+
+def freeze(seconds: float) -> None:
+    """Block the reactor, and record when and for how long it really was blocked."""
+    start = time.monotonic()
+    time.sleep(seconds)
+    end = time.monotonic()
+    origin = FIRST[0] if FIRST else start
+    STATS["freezes"].append({"at_s": round(start - origin, 6), "ms": round((end - start) * 1000.0, 3)})
 
 
 class Delayed(Resource):
     isLeaf = True
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self, delay: float, capacity: int, freeze_ms: float, freeze_at_s: list[float]) -> None:
         super().__init__()
         self.delay = delay
+        self.capacity = capacity
+        self.busy = 0
+        self.queue: deque = deque()
+        self.freeze_ms = freeze_ms
+        self.freeze_at_s = freeze_at_s
 
     def render_GET(self, request):
         if request.path == b"/stats":
             request.setHeader(b"content-type", b"application/json")
             return json.dumps(STATS).encode()
+        if request.path == b"/arrivals":
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps(ARRIVALS).encode()
+        now = time.monotonic()
+        if not FIRST:
+            FIRST.append(now)
+            for at in self.freeze_at_s:
+                reactor.callLater(at, freeze, self.freeze_ms / 1000.0)
+        if len(ARRIVALS) < MAX_ARRIVALS:
+            ARRIVALS.append((round(now - FIRST[0], 6), request.getClientAddress().port))
         STATS["requests"] += 1
-
-        def answer() -> None:
-            if not request._disconnected:
-                request.write(b"ok\n")
-                request.finish()
-
-        if self.delay > 0:
-            reactor.callLater(self.delay, answer)
+        if self.capacity and self.busy >= self.capacity:
+            self.queue.append(request)
         else:
-            answer()
+            self.start(request)
         return NOT_DONE_YET
+
+    def start(self, request) -> None:
+        self.busy += 1
+        if self.delay > 0:
+            reactor.callLater(self.delay, self.answer, request)
+        else:
+            self.answer(request)
+
+    def answer(self, request) -> None:
+        self.busy -= 1
+        if request._disconnected:
+            STATS["abandoned"] += 1
+        elif request.path == b"/reset":
+            transport = request.channel.transport
+            transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abortConnection()
+        else:
+            if request.path.startswith(b"/status/"):
+                request.setResponseCode(int(request.path.rsplit(b"/", 1)[1]))
+            request.write(b"ok\n")
+            request.finish()
+        if self.queue:
+            self.start(self.queue.popleft())
 
 
 class CountingSite(Site):
@@ -73,13 +133,16 @@ class CountingSite(Site):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--delay-ms", type=float, default=10.0)
+    parser.add_argument("--capacity", type=int, default=0, help="most requests in their delay at once (0: no limit)")
     parser.add_argument("--freeze-ms", type=float, default=0.0)
     parser.add_argument("--freeze-every-ms", type=float, default=1500.0)
+    parser.add_argument("--freeze-at-ms", default="", help="comma list of offsets after the first request")
     args = parser.parse_args()
-    port = reactor.listenTCP(0, CountingSite(Delayed(args.delay_ms / 1000.0)), backlog=1024, interface="127.0.0.1")
-    if args.freeze_ms > 0:
-        freeze = LoopingCall(time.sleep, args.freeze_ms / 1000.0)
-        freeze.start(args.freeze_every_ms / 1000.0, now=False)
+    freeze_at_s = [float(v) / 1000.0 for v in args.freeze_at_ms.split(",") if v.strip()]
+    resource = Delayed(args.delay_ms / 1000.0, args.capacity, args.freeze_ms, freeze_at_s)
+    port = reactor.listenTCP(0, CountingSite(resource), backlog=1024, interface="127.0.0.1")
+    if args.freeze_ms > 0 and not freeze_at_s:
+        LoopingCall(freeze, args.freeze_ms / 1000.0).start(args.freeze_every_ms / 1000.0, now=False)
     print(f"port {port.getHost().port}", flush=True)
     reactor.run()
 
