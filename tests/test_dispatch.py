@@ -158,7 +158,7 @@ def test_inline_runs_on_the_calling_thread() -> None:
     assert d.called and d.result == work.run("pbkdf2", 10)
     assert len(seen) == 1
     submitted, started, finished = seen[0]
-    assert 0 <= started - submitted < 0.01 and finished > started
+    assert 0 <= started - submitted and finished > started  # synchronous: d.called above is the point
     assert (dispatcher.queue_depth(), dispatcher.in_progress(), dispatcher.size) == (0, 0, 1)
 
 

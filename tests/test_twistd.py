@@ -369,7 +369,9 @@ def test_survives_file_descriptor_exhaustion(tmp_path: Path) -> None:
                 held.append(socket.create_connection(("127.0.0.1", port), timeout=2))
             except OSError:
                 break
-        time.sleep(1.0)
+        deadline = time.monotonic() + 10
+        while "EMFILE recovery" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert proc.poll() is None, "the server died"
         assert "EMFILE recovery" in log.read_text()  # the limit was really reached
         for s in held:
@@ -419,11 +421,16 @@ def test_workers_share_the_port_restart_and_drain(tmp_path: Path) -> None:
         assert len(workers) == 2
         for _ in range(40):
             assert server.get("/data")[0] == 200
-        time.sleep(1.5)  # siblings publish their metrics every second
-        _, _, text = server.get("/metrics")
-        counts = {m.group(1): float(m.group(2)) for m in re.finditer(
-            r'^dataserv_requests_total\{code="200",method="GET",route="/data",worker="(\d)"\} (\S+)', text, re.M)}
-        assert set(counts) == {"0", "1"} and sum(counts.values()) == 40
+        deadline = time.monotonic() + 10  # siblings publish their metrics every second
+        while True:
+            _, _, text = server.get("/metrics")
+            counts = {m.group(1): float(m.group(2)) for m in re.finditer(
+                r'^dataserv_requests_total\{code="200",method="GET",route="/data",worker="(\d)"\} (\S+)', text,
+                re.M)}
+            if (set(counts) == {"0", "1"} and sum(counts.values()) == 40) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert set(counts) == {"0", "1"} and sum(counts.values()) == 40, counts
         promtool = shutil.which("promtool")
         assert promtool, "promtool is needed (Debian package prometheus)"
         check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
@@ -437,7 +444,9 @@ def test_workers_share_the_port_restart_and_drain(tmp_path: Path) -> None:
                 break
             time.sleep(0.1)
         assert len(now) == 2 and victim not in now, "the killed worker was not replaced"
-        time.sleep(1.5)
+        deadline = time.monotonic() + 10  # the new worker starts listening in its own time
+        while server.get("/data")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert server.get("/data")[0] == 200
         workers = now
     finally:
