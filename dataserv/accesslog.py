@@ -120,7 +120,7 @@ class AccessLog(Service):
         peer = request.getClientAddress()
         self.pending.append((
             received_wall, self.next_id, request.method, route, request.uri, request.clientproto, request.code,
-            request.sentLength, duration, getattr(request, "queue_wait", None),
+            request.sentLength, duration, request.queue_wait,
             f"{getattr(peer, 'host', '-')}:{getattr(peer, 'port', '')}",
             request.getHeader(b"referer"), request.getHeader(b"user-agent"),
         ))

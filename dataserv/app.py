@@ -12,7 +12,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from dataserv._routing import FastKleinResource
-from dataserv.dispatch import Dispatcher, Overloaded
+from dataserv.dispatch import Dispatcher, Overloaded, WorkDone
 from dataserv.metrics import Metrics
 from dataserv.work import Calibration
 
@@ -96,11 +96,10 @@ class DataApp:
         d.addCallback(self._digest, request)
         return d
 
-    def _digest(self, digest: str, request: IRequest) -> bytes:
-        submitted, started, _ = self.dispatcher.last_timing
-        request.queue_wait = started - submitted  # for the access log
+    def _digest(self, done: WorkDone, request: IRequest) -> bytes:
+        request.queue_wait = done.started - done.submitted  # for the access log
         request.setHeader(b"content-type", _TEXT)
-        return digest.encode("ascii") + b"\n"
+        return done.digest.encode("ascii") + b"\n"
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: IRequest) -> bytes:

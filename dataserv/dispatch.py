@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
@@ -64,8 +64,17 @@ class _Token:
         self.cancelled = False
 
 
+class WorkDone(NamedTuple):
+    """A finished item of work: its digest and when it was submitted, started and finished (``time.monotonic``)."""
+
+    digest: str
+    submitted: float
+    started: float
+    finished: float
+
+
 class Dispatcher(Service):
-    """Runs ``work.run(kind, iterations)`` somewhere and answers a Deferred digest.
+    """Runs ``work.run(kind, iterations)`` somewhere and answers a Deferred :class:`WorkDone`.
 
     Admission control: with ``max_queue``, a submission that finds that many
     items already waiting fails at once with ``Overloaded("queue_full")``;
@@ -75,7 +84,7 @@ class Dispatcher(Service):
     running if it has not started; ``on_skipped`` counts those.
 
     Subclasses implement :meth:`_submit` and settle each item on the reactor
-    thread with :meth:`_settle`, which records its timing and fires the
+    thread with :meth:`_settle`, which observes its timing and fires the
     Deferred.  Timestamps use ``time.monotonic`` rather than the injected
     clock because they are taken in other threads and processes.
     """
@@ -91,10 +100,9 @@ class Dispatcher(Service):
         self.on_skipped = on_skipped
         self.submitted = 0
         self.completed = 0
-        self.last_timing = (0.0, 0.0, 0.0)  # (submitted, started, finished) of the item just settled
 
-    def submit(self, kind: str, iterations: int) -> Deferred[str]:
-        """Queue one item of work; the Deferred fires with its hex digest."""
+    def submit(self, kind: str, iterations: int) -> Deferred[WorkDone]:
+        """Queue one item of work; the Deferred fires with its digest and timing."""
         if self.max_queue and self.outstanding - self.size >= self.max_queue:
             return fail(Overloaded("queue_full"))
         self.submitted += 1
@@ -125,10 +133,8 @@ class Dispatcher(Service):
                 d.errback(Overloaded(finished))
             return
         self.observer(submitted, started, finished)
-        # Read by d's callbacks, which run synchronously just below.
-        self.last_timing = (submitted, started, finished)
         if not d.called:
-            d.callback(digest)
+            d.callback(WorkDone(digest, submitted, started, finished))
 
     def _skipped(self, reason: str) -> None:
         if reason == work.CLIENT_GONE and self.on_skipped is not None:

@@ -42,13 +42,18 @@ class MeteredRequest(Request):
 
     The app sets ``route`` to the matched route template; anything it never
     matched (404s, early errors) is reported as ``unmatched``, so the raw
-    path never becomes a label value.
+    path never becomes a label value.  The fields the app and the site set
+    and read are declared here, with their defaults.
     """
 
-    route = UNMATCHED_ROUTE
-    received = 0.0
-    # The Deferred the response waits for; cancelled if the client goes away.
-    pendingWork = None
+    # The matched route template (set by the app).
+    route: str = UNMATCHED_ROUTE
+    # When the head and body were in (the site's clock).
+    received: float = 0.0
+    # The Deferred the response waits for (set by the fast render path); cancelled if the client goes away.
+    pendingWork: Deferred[Any] | None = None
+    # Work submitted to work started, seconds, when the request ran work (for the access log).
+    queue_wait: float | None = None
     _counted = False
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
@@ -178,5 +183,5 @@ class DataSite(Site):
         """
         access = self.access_log
         if access is not None:
-            received = getattr(request, "received", 0.0)
-            access.record(request, getattr(request, "route", UNMATCHED_ROUTE), self.seconds() - received, received)
+            received = request.received
+            access.record(request, request.route, self.seconds() - received, received)

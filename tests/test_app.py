@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 
 from dataserv import work
 from dataserv.app import DataApp, parse_work_ms
-from dataserv.dispatch import InlineDispatcher
+from dataserv.dispatch import InlineDispatcher, WorkDone
 from dataserv.metrics import Metrics
 
 
@@ -200,7 +200,7 @@ def test_request_duration_uses_the_injected_clock(metrics: Metrics) -> None:
     response = client.get("http://x/data")
     client.flush()
     client._agent._memoryReactor.advance(0.25)
-    pending[0].callback("abc")
+    pending[0].callback(WorkDone("abc", 0.0, 0.0, 0.0))
     client.flush()
     assert response.result.code == 200
     assert sample(metrics, "dataserv_request_duration_seconds_sum", route="/data") == pytest.approx(0.25)
