@@ -20,9 +20,12 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IConnector, IReactorTCP
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
-from twisted.web._newclient import HTTP11ClientProtocol, Request, ResponseDone
+from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
+
+from dataserv._compat import ClientRequest as Request
+from dataserv._compat import HTTP11ClientProtocol
 
 
 class PreparedRequest(Request):

@@ -29,7 +29,7 @@ from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
-from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
+from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
 from loadgen._client import Connection, ConnectionOwner, PreparedRequest, connect
 from loadgen.pacer import ConstantPacer

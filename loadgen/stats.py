@@ -8,6 +8,8 @@ from itertools import accumulate
 
 from hdrh.histogram import HdrHistogram
 
+from dataserv._compat import hdr_median_equivalent
+
 LOWEST_US = 1
 HIGHEST_US = 3_600_000_000  # one hour
 SIGNIFICANT_FIGURES = 3
@@ -28,7 +30,7 @@ class LatencyHistogram:
     """Latencies in microseconds (1 us to 1 hour, 3 significant digits), recorded and reported in ms."""
 
     def __init__(self) -> None:
-        self._hdr = _new_hdr()
+        self.hdr = _new_hdr()
 
     def record_ms(self, ms: float) -> None:
         """Record one latency; out-of-range values are clamped (NaN counts as the maximum) so recording never raises."""
@@ -36,18 +38,18 @@ class LatencyHistogram:
             us = HIGHEST_US
         else:
             us = min(max(ms * 1000.0, LOWEST_US), HIGHEST_US)
-        self._hdr.record_value(int(round(us)))
+        self.hdr.record_value(int(round(us)))
 
     @property
     def count(self) -> int:
         """Number of recorded values."""
-        return int(self._hdr.get_total_count())
+        return int(self.hdr.get_total_count())
 
     def summary(self) -> dict[str, float]:
         """Percentiles, max and mean in milliseconds rounded to 3 decimals (all 0.0 when empty)."""
         if not self.count:
             return empty_summary()
-        hdr = self._hdr
+        hdr = self.hdr
         # One C-level pass over the used part of the counts array, then bisect: the same answers as
         # hdrh's get_value_at_percentile / get_mean_value, which loop in Python over every bucket.
         counts = hdr.counts[: hdr.get_counts_array_index(hdr.max_value) + 1]
@@ -60,7 +62,7 @@ class LatencyHistogram:
             result[key] = hdr.get_highest_equivalent_value(hdr.get_value_from_index(index)) / 1000.0
         result["max"] = hdr.get_max_value() / 1000.0
         weighted = sum(
-            count * hdr._hdr_median_equiv_value(hdr.get_value_from_index(index))
+            count * hdr_median_equivalent(hdr, hdr.get_value_from_index(index))
             for index, count in enumerate(counts)
             if count
         )
@@ -69,11 +71,11 @@ class LatencyHistogram:
 
     def merge(self, other: LatencyHistogram) -> None:
         """Add all of ``other``'s counts to this histogram, as if they had been recorded here."""
-        self._hdr.add(other._hdr)
+        self.hdr.add(other.hdr)
 
     def encode(self) -> str:
         """HdrHistogram's compressed, base64 payload (V2), as text for a JSON result file."""
-        return self._hdr.encode().decode("ascii")
+        return self.hdr.encode().decode("ascii")
 
     @classmethod
     def decode(cls, payload: str) -> LatencyHistogram:
@@ -83,7 +85,7 @@ class LatencyHistogram:
             hist = cls()
             # HdrHistogram.decode returns a *new* histogram with the payload's own settings;
             # adding it to a fresh standard one normalises the settings for later merges.
-            hist._hdr.add(decoded)
+            hist.hdr.add(decoded)
         except Exception as exc:  # hdrh raises TypeError, binascii/zlib errors, its own exceptions
             shown = payload[:24] if isinstance(payload, str | bytes) else type(payload).__name__
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
