@@ -31,18 +31,30 @@ def wrk_p50_ms(url: str) -> float:
 
 
 def test_fixed_rate_matches_an_independent_client(tmp_path: Path, server_factory) -> None:
-    """10 ms server at 200 rps: p50 within 1 ms of wrk's, p99 close to p50, achieved within 2% of offered."""
+    """10 ms server at 200 rps: p50 within 1 ms of wrk's, p99 close to p50, achieved within 2% of offered.
+
+    Up to three attempts for the timing figures: a neighbour taking a core for 200 ms spoils the p99 of one
+    3 s run on a shared 2-core machine; a real defect fails all three.
+    """
     assert shutil.which("wrk"), "wrk is needed: apt-get install wrk (README's test command does)"
     server = server_factory("--delay-ms", "10")
-    step = run_step(tmp_path, server.url, "--rate", "200", "--duration", "3s", "--warmup", "0.5s")
-    reference = wrk_p50_ms(server.url)
-    assert step["errors"] == {}
-    assert step["ok"] == step["requests"] == 600
-    assert abs(step["latency_ms"]["p50"] - reference) <= 1.0, (step["latency_ms"], reference)
-    assert step["latency_ms"]["p99"] - step["latency_ms"]["p50"] <= 3.0, step["latency_ms"]
-    assert abs(step["achieved_rps"] - 200) / 200 <= 0.02
-    assert step["generator"]["saturated"] is False
-    assert step["generator"]["schedule_lag_ms_p99"] < 5.0
+    misses = []
+    for _ in range(3):
+        step = run_step(tmp_path, server.url, "--rate", "200", "--duration", "3s", "--warmup", "0.5s")
+        reference = wrk_p50_ms(server.url)
+        assert step["errors"] == {}
+        assert step["ok"] == step["requests"] == 600
+        timing = {
+            "p50 near wrk's": abs(step["latency_ms"]["p50"] - reference) <= 1.0,
+            "p99 - p50 <= 3 ms": step["latency_ms"]["p99"] - step["latency_ms"]["p50"] <= 3.0,
+            "achieved within 2%": abs(step["achieved_rps"] - 200) / 200 <= 0.02,
+            "not saturated": step["generator"]["saturated"] is False,
+            "schedule lag p99 < 5 ms": step["generator"]["schedule_lag_ms_p99"] < 5.0,
+        }
+        if all(timing.values()):
+            return
+        misses.append(([k for k, ok in timing.items() if not ok], step["latency_ms"], reference))
+    raise AssertionError(f"three runs missed: {misses}")
 
 
 def test_close_mode_makes_one_connection_per_request(tmp_path: Path, server_factory) -> None:
