@@ -1,4 +1,9 @@
-"""Helpers shared by the benchmark scripts: free ports, servers as subprocesses, wrk runs."""
+"""Helpers shared by the benchmark scripts: servers as child processes (loadgen's), wrk runs, medians.
+
+Servers are :class:`loadgen.lib.children.ChildServer`: ``with dataserv(...) as s:``
+starts one on a free loopback port, waits until it answers, and stops it (and
+anything it started) on exit.
+"""
 
 from __future__ import annotations
 
@@ -6,34 +11,14 @@ import json
 import os
 import platform
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
+from loadgen.lib.children import ChildServer, dataserv_argv, free_port
+
 HERE = Path(__file__).resolve().parent
-TWISTD = str(Path(sys.executable).with_name("twistd"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                r.read()
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer in {timeout} s")
 
 
 def fetch(url: str) -> str:
@@ -41,48 +26,30 @@ def fetch(url: str) -> str:
         return r.read().decode()
 
 
-class Server:
-    """A server subprocess on a free loopback port, stopped on exit."""
+def server(argv: list[str], port: int, ready_path: str = "/healthz") -> ChildServer:
+    """A server on ``port``, run from /tmp; ready when ``ready_path`` answers 200."""
+    return ChildServer(argv, port=port, ready_path=ready_path, cwd="/tmp")
 
-    def __init__(self, argv: list[str], port: int, ready_path: str = "/healthz") -> None:
-        self.port = port
-        self.proc = subprocess.Popen(argv, cwd="/tmp", stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        wait_http(f"http://127.0.0.1:{port}{ready_path}")
 
-    @classmethod
-    def dataserv(cls, *args: str) -> Server:
-        port = free_port()
-        return cls([TWISTD, "-n", "--pidfile=", "--logfile=/dev/null", "dataserv",
-                    "-l", f"tcp:{port}:interface=127.0.0.1:backlog=1024", *args], port)
+def dataserv(*args: str) -> ChildServer:
+    """``twistd -n dataserv`` on a free loopback port (backlog 1024), its log discarded."""
+    port = free_port()
+    return server(dataserv_argv(args, listen=[f"tcp:{port}:interface=127.0.0.1:backlog=1024"], logfile="/dev/null"),
+                  port)
 
-    @classmethod
-    def bare(cls, *args: str) -> Server:
-        port = free_port()
-        return cls([sys.executable, str(HERE / "bare_server.py"), str(port), *args], port)
 
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+def bare(*args: str) -> ChildServer:
+    """The bare twisted.web server (loadgen's twisted-web peer) on a free loopback port."""
+    port = free_port()
+    return server([sys.executable, "-m", "loadgen.peer_servers.twisted_web", str(port), *args], port)
 
-    def metric(self, name: str) -> float:
-        m = re.search(rf"^{re.escape(name)} (\S+)$", fetch(self.url("/metrics")), re.M)
-        if not m:
-            raise RuntimeError(f"{name} not in /metrics")
-        return float(m.group(1))
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def __enter__(self) -> Server:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+def metric(s: ChildServer, name: str) -> float:
+    """The value of an unlabelled series in the server's /metrics."""
+    m = re.search(rf"^{re.escape(name)} (\S+)$", fetch(s.url("/metrics")), re.M)
+    if not m:
+        raise RuntimeError(f"{name} not in /metrics")
+    return float(m.group(1))
 
 
 def wrk(url: str, *, seconds: float, connections: int, threads: int = 1, close: bool = False) -> dict:

@@ -14,7 +14,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import TWISTD, Server, free_port, median, save_results, wrk
+from _common import median, save_results, server, wrk
+
+from loadgen.lib.children import dataserv_argv, free_port
 
 FORMATS = ("off", "combined", "json", "json-file")
 
@@ -32,12 +34,12 @@ def main() -> None:
             for fmt in FORMATS:
                 port = free_port()
                 log = Path(tmp) / f"{fmt}-{run}.log"
-                argv = [TWISTD, "-n", "--pidfile=", "--logfile", str(log), "dataserv",
-                        "-l", f"tcp:{port}:interface=127.0.0.1", "--access-log", fmt.split("-")[0]]
+                argv = dataserv_argv(["--access-log", fmt.split("-")[0]], listen=[f"tcp:{port}:interface=127.0.0.1"],
+                                     logfile=log)
                 own = Path(tmp) / f"access-{run}.log"
                 if fmt == "json-file":  # the access log's own file, lines as they are
                     argv += ["--access-log-file", str(own)]
-                with Server(argv, port) as s:
+                with server(argv, port) as s:
                     wrk(s.url("/data?work_ms=0"), seconds=1, connections=16)
                     rps = wrk(s.url("/data?work_ms=0"), seconds=args.seconds, connections=16)["rps"]
                 samples[fmt].append(rps)

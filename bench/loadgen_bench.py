@@ -29,7 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import free_port, median, save_results, wait_http
+from _common import median, save_results
+
+from loadgen.lib.children import ChildServer, free_port
 
 LOCUSTFILE = '''
 from locust import constant, task
@@ -89,15 +91,17 @@ http {{
 }}
 """)
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        self.proc = subprocess.Popen([nginx, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf"),
-                                      "-g", "daemon off;"])
-        self.url = f"http://127.0.0.1:{self.port}/"
-        wait_http(self.url)
+        self.server = ChildServer([nginx, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf"),
+                                   "-g", "daemon off;"], port=self.port, ready_path="/")
+        self.server.start_blocking()
+        self.url = self.server.url("/")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            self.server.stop_blocking(10)
+        finally:
+            self.server.kill()
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def measured(argv: list[str]) -> tuple[str, float, float]:

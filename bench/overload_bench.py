@@ -26,7 +26,9 @@ import threading
 import time
 from pathlib import Path
 
-from _common import Server, median, median_ratio, print_ratios, save_results
+from _common import dataserv, median, median_ratio, metric, print_ratios, save_results
+
+from loadgen.lib.children import ChildServer
 
 CONFIGS = {
     "admission on": [],
@@ -41,7 +43,7 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def run_step(server: Server, rate: float, seconds: float) -> dict:
+def run_step(server: ChildServer, rate: float, seconds: float) -> dict:
     peak = [rss_mb(server.proc.pid)]
     stop = threading.Event()
 
@@ -81,14 +83,14 @@ def main() -> None:
     if args.work_iterations is None:
         # Every server would calibrate anew, and on a shared machine the
         # result moves by 10-20% with the neighbours' load: calibrate once.
-        with Server.dataserv() as first:
-            args.work_iterations = int(first.metric("dataserv_work_iterations"))
+        with dataserv() as first:
+            args.work_iterations = int(metric(first, "dataserv_work_iterations"))
     print(f"work: {args.work_iterations} pbkdf2 iterations (4 ms as calibrated), pool {args.pool_size}", flush=True)
     samples: dict[str, list[dict]] = {}
     for run in range(args.runs):
         print(f"run {run + 1}/{args.runs}", flush=True)
         for name, extra in CONFIGS.items():
-            with Server.dataserv("--dispatch", "threads", "--pool-size", str(args.pool_size),
+            with dataserv("--dispatch", "threads", "--pool-size", str(args.pool_size),
                                  "--work-iterations", str(args.work_iterations), *extra) as server:
                 for m in multipliers:
                     row = run_step(server, m * args.knee, args.seconds)

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-from _common import HERE, Server, free_port, median, median_ratio, print_ratios, save_results, wrk
+from _common import dataserv, median, median_ratio, metric, print_ratios, save_results, server, wrk
 from service_bench import ceiling
 
-PEERS = {"aiohttp": "aiohttp_server.py", "fastapi": "fastapi_server.py", "twisted-web": "twisted_web.py"}
+from loadgen.lib.children import free_port
+from loadgen.lib.peers import find_peers
 
 
 def main() -> None:
@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
+    peers = {peer.name: peer for peer in find_peers()}  # the ones loadgen compare --peers runs
     samples: dict[str, list[dict]] = {}
 
     def add(name: str, row: dict) -> None:
@@ -44,17 +45,16 @@ def main() -> None:
         print(f"run {run + 1}/{args.runs}", flush=True)
         # Started first and kept for the whole run: the peers get the
         # iteration count this very server calibrated and runs.
-        with Server.dataserv("--dispatch", "threads", "--pool-size", str(cores), "--work-ms", str(args.work_ms)) as ds:
-            iterations = int(ds.metric("dataserv_work_iterations"))
-            order = ["dataserv", *PEERS]
+        with dataserv("--dispatch", "threads", "--pool-size", str(cores), "--work-ms", str(args.work_ms)) as ds:
+            iterations = int(metric(ds, "dataserv_work_iterations"))
+            order = ["dataserv", *peers]
             for name in order if run % 2 == 0 else reversed(order):
                 if name == "dataserv":
                     wrk(ds.url("/data"), seconds=1, connections=args.connections)
                     add(name, wrk(ds.url("/data"), seconds=args.seconds, connections=args.connections))
                     continue
                 port = free_port()
-                with Server([sys.executable, str(HERE / "peers" / PEERS[name]), str(port),
-                             "--iterations", str(iterations), "--pool-size", str(cores)], port) as peer:
+                with server(peers[name].argv(port, iterations=iterations, pool_size=cores), port) as peer:
                     wrk(peer.url("/data"), seconds=1, connections=args.connections)
                     add(name, wrk(peer.url("/data"), seconds=args.seconds, connections=args.connections))
         add("ceiling", {"rps": ceiling(cores, iterations, args.seconds)})
@@ -66,10 +66,10 @@ def main() -> None:
         return median_ratio([r[key] for r in samples[a]], [r[key] for r in samples[b]])
 
     ratios = {"dataserv / ceiling": within_runs("dataserv", "ceiling")}
-    for name in PEERS:
+    for name in peers:
         ratios[f"dataserv / {name}"] = within_runs("dataserv", name)
         ratios[f"dataserv / {name}, p99 (lower is better)"] = within_runs("dataserv", name, "p99_ms")
-    for name in PEERS:
+    for name in peers:
         ratios[f"{name} / ceiling"] = within_runs(name, "ceiling")
     print("\nmedians:")
     for name, m in med.items():

@@ -11,9 +11,7 @@ Useful to find per-request costs without thread or socket noise:
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 from twisted.internet.task import Clock
@@ -21,14 +19,12 @@ from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bare_server  # noqa: E402
-
-from dataserv.app import DataApp  # noqa: E402
-from dataserv.dispatch import InlineDispatcher  # noqa: E402
-from dataserv.metrics import Metrics  # noqa: E402
-from dataserv.site import DataSite  # noqa: E402
-from dataserv.work import Calibration  # noqa: E402
+from dataserv.app import DataApp
+from dataserv.dispatch import InlineDispatcher
+from dataserv.metrics import Metrics
+from dataserv.site import DataSite
+from dataserv.work import Calibration
+from loadgen.peer_servers import twisted_web as bare_server
 
 
 def per_request_us(site: Site, path: bytes, n: int) -> float:

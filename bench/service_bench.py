@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-from _common import HERE, Server, median, median_ratio, save_results, wrk
+from _common import HERE, bare, dataserv, median, median_ratio, metric, save_results, wrk
 
 
 def ceiling(threads: int, iterations: int, seconds: float) -> float:
@@ -57,9 +57,9 @@ def main() -> None:
         print(f"run {run + 1}/{args.runs}", flush=True)
         if "throughput" in parts:
             for dispatch, threads, label in (("threads", cores, f"{cores} threads"), ("inline", 1, "1 thread")):
-                with Server.dataserv("--dispatch", dispatch, "--pool-size", str(threads),
+                with dataserv("--dispatch", dispatch, "--pool-size", str(threads),
                                      "--work-ms", str(args.work_ms)) as s:
-                    iterations = int(s.metric("dataserv_work_iterations"))
+                    iterations = int(metric(s, "dataserv_work_iterations"))
                     # The ceiling is taken before and after the server's two
                     # measurements (the server idles meanwhile), and the mean is
                     # used: a drift of the machine's speed within the run cancels
@@ -73,12 +73,12 @@ def main() -> None:
                 add(f"ceiling {label} rps", (before + after) / 2)
                 add(f"ceiling {label} drift (after / before)", after / before)
         if "fixed" in parts:
-            with Server.dataserv("--dispatch", "threads", "--pool-size", str(cores)) as s:
+            with dataserv("--dispatch", "threads", "--pool-size", str(cores)) as s:
                 wrk(s.url("/healthz"), seconds=1, connections=conns)
                 add("dataserv /healthz rps", wrk(s.url("/healthz"), seconds=secs, connections=conns)["rps"])
                 add("dataserv /data?work_ms=0 rps",
                     wrk(s.url("/data?work_ms=0"), seconds=secs, connections=conns)["rps"])
-            with Server.bare("--pool-size", str(cores), "--iterations", "0") as b:
+            with bare("--pool-size", str(cores), "--iterations", "0") as b:
                 wrk(b.url("/healthz"), seconds=1, connections=conns)
                 add("bare /healthz rps", wrk(b.url("/healthz"), seconds=secs, connections=conns)["rps"])
                 add("bare /data (threadpool) rps", wrk(b.url("/data"), seconds=secs, connections=conns)["rps"])

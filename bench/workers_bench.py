@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 
-from _common import HERE, Server, median, save_results, wrk
+from _common import HERE, dataserv, median, metric, save_results, wrk
 
 
 def ceiling(kind: str, iterations: int, seconds: float, processes: int) -> float:
@@ -41,9 +41,9 @@ def main() -> None:
             iterations = 0
             for workers in sorted({1, args.max_workers}):
                 pool = max(1, cores // workers)
-                with Server.dataserv("--workers", str(workers), "--pool-size", str(pool), "--work-kind", kind) as s:
+                with dataserv("--workers", str(workers), "--pool-size", str(pool), "--work-kind", kind) as s:
                     if workers == 1:
-                        iterations = int(s.metric("dataserv_work_iterations"))
+                        iterations = int(metric(s, "dataserv_work_iterations"))
                     wrk(s.url("/data"), seconds=1, connections=16)
                     rps = wrk(s.url("/data"), seconds=args.seconds, connections=16)["rps"]
                 name = f"{kind} --workers {workers} --pool-size {pool}"

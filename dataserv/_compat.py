@@ -19,7 +19,7 @@ from typing import Any
 from twisted.internet.endpoints import TCP4ServerEndpoint
 
 # twisted.web's HTTP/1.1 client protocol and request, driven directly by
-# loadgen's hot path (loadgen/_client.py): twisted.web.client's Agent adds
+# loadgen's hot path (loadgen/lib/_client.py): twisted.web.client's Agent adds
 # a pool, a Deferred chain and a header copy per request.  No public name.
 from twisted.web._newclient import HTTP11ClientProtocol  # noqa: F401  (re-exported)
 from twisted.web._newclient import Request as ClientRequest  # noqa: F401  (re-exported)

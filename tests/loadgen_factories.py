@@ -12,8 +12,8 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from loadgen.results import RunResult, StepResult
-from loadgen.stats import LatencyHistogram
+from loadgen.lib.results import RunResult, StepResult
+from loadgen.lib.stats import LatencyHistogram
 
 SERVERS = Path(__file__).parent / "servers"
 

@@ -18,13 +18,14 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from loadgen import runner
-from loadgen.analysis import find_knee, parse_slo
-from loadgen.compare import Settings, machine_info
-from loadgen.engine import Engine, Plan, Target
-from loadgen.merge import merge_results
-from loadgen.results import ERROR_KINDS, RunResult
-from loadgen.scrape import parse_exposition, summarize
+from loadgen.lib import runner
+from loadgen.lib.analysis import find_knee, parse_slo
+from loadgen.lib.compare import Settings, machine_info
+from loadgen.lib.engine import Engine
+from loadgen.lib.merge import merge_results
+from loadgen.lib.plan import Plan, Target
+from loadgen.lib.results import ERROR_KINDS, RunResult
+from loadgen.lib.scrape import parse_exposition, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "docs" / "results-schema.md"
@@ -208,7 +209,7 @@ dataserv_work_duration_seconds_count {done}
 
 
 class _Scraper:
-    """Stands in for loadgen.scrape.Scraper: the real parser and summary over three canned scrapes."""
+    """Stands in for loadgen.lib.scrape.Scraper: the real parser and summary over three canned scrapes."""
 
     def __init__(self, reactor: Any, url: str, *, interval: float = 1.0) -> None:
         self.samples: list[Any] = []
@@ -260,9 +261,10 @@ def produced_result(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     assert steps[0].ok > 0 and steps[0].server is not None and steps[0].timeseries
     result = RunResult(target="http://127.0.0.1:8080/data", model="open", connection="close",
                        started_at="2026-11-29T12:00:00+00:00", steps=steps)
-    result.knee = find_knee(steps, 1000.0)
+    knee = find_knee(steps, 1000.0)
+    assert knee is not None
+    result.knee = knee.to_dict()
     result.slo = [parse_slo("p99<50ms").evaluate(steps[0])]
-    assert result.knee is not None
     return json.loads(json.dumps(result.to_dict()))
 
 

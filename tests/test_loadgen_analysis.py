@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-import pytest
-from loadgen_factories import step_with
+from pathlib import Path
 
-from loadgen.analysis import Slo, default_p99_limit_ms, find_knee, parse_slo, parse_stop_when
+import pytest
+from loadgen_factories import make_run, step_with
+
+from loadgen.lib.analysis import (
+    DEFAULT_KNEE_LIMIT,
+    Knee,
+    Slo,
+    default_p99_limit_ms,
+    find_knee,
+    parse_slo,
+    parse_stop_when,
+)
 
 # (offered, achieved, p50, p99) per step.
 FLAT_THEN_KNEE = [
@@ -40,12 +50,25 @@ def steps_of(rows: list[tuple[float, float, float, float]]):
 )
 def test_find_knee(rows, limit: float, expected: tuple[float, float] | None) -> None:
     """The knee is the highest-offered step with achieved >= 0.98 x offered and p99 within the limit."""
-    knee = find_knee(steps_of(rows), limit)
+    steps = steps_of(rows)
+    knee = find_knee(steps, limit)
     if expected is None:
         assert knee is None
     else:
-        assert (knee["rps"], knee["p99_ms"]) == expected
-        assert knee["rule"] == f"achieved >= 0.98 x offered and p99 <= {limit:g} ms"
+        assert (knee.step.achieved_rps, knee.step.latency_ms["p99"]) == expected
+        assert knee.step is steps[knee.index]
+        assert knee.rule == f"achieved >= 0.98 x offered and p99 <= {limit:g} ms"
+        assert knee.to_dict() == {"rps": expected[0], "p99_ms": expected[1], "rule": knee.rule, "step": knee.index}
+
+
+def test_find_knee_returns_the_step_not_a_rate_to_look_for() -> None:
+    """Two steps achieving the same rate: the knee is the higher-offered one, itself, not the first with its rate."""
+    steps = steps_of([(200, 199, 2, 5), (202, 199, 2, 6), (300, 250, 9, 90)])
+    knee = find_knee(steps, 20.0)
+    assert knee is not None and knee.step is steps[1] and knee.index == 1
+    result = make_run(steps, knee=knee.to_dict())
+    assert result.knee_step is steps[1]
+    assert make_run(steps, knee={"rps": 199, "p99_ms": 6, "rule": "r"}).knee_step is None  # no index, no guess
 
 
 def test_find_knee_ignores_closed_model_steps() -> None:
@@ -68,10 +91,37 @@ def test_default_p99_limit(rows, expected: float) -> None:
     assert default_p99_limit_ms(steps_of(rows)) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize(
+    ("rows", "work_ms", "expected"),
+    [
+        (FLAT_THEN_KNEE, 4.0, 100.0),  # 25 x 4 ms beats p50 2 + 10
+        (FLAT_THEN_KNEE, 0.25, 15.0),  # 25 x 0.25 ms = 6.25 does not
+        ([(100, 100, 1, 50)], 4.0, 150.0),  # nor does 100 beat 3 x 50
+    ],
+)
+def test_default_p99_limit_with_the_work_time(rows, work_ms: float, expected: float) -> None:
+    """Given the work time of a request (compare knows it), the default limit is at least 25 x it."""
+    assert default_p99_limit_ms(steps_of(rows), work_ms) == pytest.approx(expected)
+    knee = find_knee(steps_of(rows), work_ms=work_ms)
+    assert knee is None or knee.p99_limit_ms == pytest.approx(expected)
+
+
+def test_the_readme_states_the_default_knee_limit() -> None:
+    """README's loadgen section gives the default knee limit in the code's words (and numbers)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert DEFAULT_KNEE_LIMIT == (
+        "max(3 x the lowest step's p99, its p50 + 10 ms), and at least 25 x the work time where that is known "
+        "(compare)"
+    )
+    assert DEFAULT_KNEE_LIMIT in " ".join(readme.split())
+
+
 def test_find_knee_defaults_its_limit() -> None:
     """Without a limit the knee uses the default one and says so in its rule."""
     knee = find_knee(steps_of(FLAT_THEN_KNEE))
-    assert knee == {"rps": 297, "p99_ms": 8, "rule": "achieved >= 0.98 x offered and p99 <= 15 ms"}
+    assert isinstance(knee, Knee)
+    assert knee.to_dict() == {"rps": 297, "p99_ms": 8, "rule": "achieved >= 0.98 x offered and p99 <= 15 ms",
+                              "step": 2}
 
 
 def test_default_limit_needs_open_model_steps() -> None:
@@ -148,16 +198,20 @@ def test_parse_good_expressions(expr: str, metric: str, op: str, threshold: floa
     ],
 )
 @pytest.mark.parametrize(
-    ("parse", "what"), [(parse_slo, "SLO expression"), (parse_stop_when, "--stop-when expression")]
+    ("parse", "what"), [(parse_slo, "SLO expression"), (parse_stop_when, "stop condition")]
 )
 def test_parse_bad_expressions(expr: str, reason: str, parse, what: str) -> None:
-    """Bad expressions raise a one-line ValueError that quotes the expression and says what is expected."""
+    """Bad expressions raise a one-line ValueError that quotes the expression and says what is expected.
+
+    The library names no flag (the command line adds --slo or --stop-when).
+    """
     with pytest.raises(ValueError) as info:
         parse(expr)
     message = str(info.value)
     assert message.startswith(f"bad {what} {expr!r}: ")
     assert reason in message
     assert "\n" not in message
+    assert "--" not in message.replace(repr(expr), "")
 
 
 def test_non_string_is_refused() -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from loadgen_factories import make_run, step_with
 
-from loadgen.compare import Configuration, default_configurations
-from loadgen.compare_report import (
+from loadgen.lib.compare import Configuration, default_configurations
+from loadgen.lib.compare_report import (
     accept_findings,
     build_report,
     gil_findings,
@@ -29,7 +29,7 @@ def _entry(dispatch: str, kind: str, conn: str, knee: float | None, ceiling: flo
         step_with(0.5 * ceiling, 0.5 * ceiling, 5.0, 8.0, server={"reactor_lag_p99_ms": lag}),
         step_with(knee or 0.7 * ceiling, knee or 0.6 * ceiling, 6.0, 12.0, server={"reactor_lag_p99_ms": lag}),
     ]
-    result = make_run(steps, knee={"rps": knee, "p99_ms": 12.0, "rule": "r"} if knee else None)
+    result = make_run(steps, knee={"rps": knee, "p99_ms": 12.0, "rule": "r", "step": 1} if knee else None)
     return {"name": f"{dispatch}-{kind}-{conn}", "dispatch": dispatch, "work_kind": kind, "connection": conn,
             "pool_size": 1 if dispatch == "inline" else 2, "work_ms": 4.0, "ceiling_rps": ceiling,
             "knee_rps": knee, "result": result.to_dict() if not error else None,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from loadgen_factories import histogram_of, make_run, make_step
 
-from loadgen.merge import merge_results
-from loadgen.results import RunResult
+from loadgen.lib.merge import merge_results
+from loadgen.lib.results import RunResult
 
 RNG = random.Random(42)
 FAST = [RNG.lognormvariate(0.5, 0.4) for _ in range(4000)]

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from loadgen.pacer import ConstantPacer
+from loadgen.lib.pacer import ConstantPacer
 
 
 @pytest.mark.parametrize(

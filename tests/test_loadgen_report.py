@@ -10,8 +10,16 @@ from pathlib import Path
 import pytest
 from loadgen_factories import make_run, step_with
 
-from loadgen.report import FORMATS, plot_sweep, render, render_csv, render_json, render_markdown, render_text
-from loadgen.results import ERROR_KINDS, RunResult
+from loadgen.lib.report import (
+    FORMATS,
+    plot_sweep,
+    render,
+    render_csv,
+    render_json,
+    render_markdown,
+    render_text,
+)
+from loadgen.lib.results import ERROR_KINDS, RunResult
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SERVER = {

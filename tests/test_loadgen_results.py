@@ -10,7 +10,7 @@ import pytest
 from loadgen_factories import make_run, make_step
 
 import loadgen
-from loadgen.results import ERROR_KINDS, RunResult, StepResult
+from loadgen.lib.results import ERROR_KINDS, RunResult, StepResult
 
 SPEC_STEP_KEYS = {
     "offered_rps",

@@ -13,8 +13,9 @@ import pytest
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.testing import MemoryReactorClock
 
-from loadgen.engine import Engine, Plan, Target
-from loadgen.runner import run_steps
+from loadgen.lib.engine import Engine
+from loadgen.lib.plan import Plan, Target
+from loadgen.lib.runner import run_steps
 
 TARGET = Target(address="127.0.0.1", port=9, host_header=b"127.0.0.1:9", path=b"/")
 
@@ -69,7 +70,7 @@ def test_run_steps_gives_the_common_start_to_the_first_step() -> None:
     assert len(reactor.tcpClients) == 3
 
 
-@pytest.mark.parametrize(("shard", "message"), [((2, 2), "--shard must be I/N"), ((0, 0), "--shard must be I/N")])
+@pytest.mark.parametrize(("shard", "message"), [((2, 2), "shard must be I/N"), ((0, 0), "shard must be I/N")])
 def test_bad_shard_in_a_plan_is_refused(shard: tuple[int, int], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         open_plan(10.0, shard)

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from dataserv.metrics import Metrics
-from loadgen.scrape import ServerSample, histogram_quantile, parse_exposition, summarize
+from loadgen.lib.scrape import ServerSample, histogram_quantile, parse_exposition, summarize
 
 
 def test_parse_reads_dataserv_exposition() -> None:

@@ -7,7 +7,7 @@ import random
 import pytest
 from hdrh.histogram import HdrHistogram
 
-from loadgen.stats import SUMMARY_KEYS, LatencyHistogram, empty_summary
+from loadgen.lib.stats import SUMMARY_KEYS, LatencyHistogram, empty_summary
 
 # HdrHistogram with 3 significant digits answers within 0.1% of the true value.
 PRECISION = 1e-3

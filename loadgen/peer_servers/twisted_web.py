@@ -1,24 +1,24 @@
-"""A bare twisted.web server: the reference for dataserv's fixed cost per request.
+"""Peer: the same /data as a bare twisted.web Resource with deferToThreadPool on a dedicated pool.
 
-``/healthz`` answers the same bytes and headers as dataserv's, synchronously;
-``/data`` runs the same work through ``deferToThreadPool`` on a dedicated
-pool, with none of dataserv's routing, metrics or connection counting.
+    python -m loadgen.peer_servers.twisted_web PORT --iterations N [--pool-size P] [--kind pbkdf2]
 
-    python bench/bare_server.py PORT [--pool-size N] [--iterations N] [--kind pbkdf2]
+Also the reference for dataserv's fixed cost per request (bench/service_bench.py,
+bench/request_path.py): ``/healthz`` answers the same bytes and headers as
+dataserv's, synchronously; ``/data`` runs the same work with none of
+dataserv's routing, metrics or connection counting.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
+from typing import Any
 
-from twisted.internet import reactor
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from dataserv import work
+from dataserv import _compat, work
+from loadgen.peer_servers._args import parse_args
 
 _TEXT = b"text/plain; charset=utf-8"
 
@@ -34,15 +34,15 @@ class Healthz(Resource):
 class Data(Resource):
     isLeaf = True
 
-    def __init__(self, pool: ThreadPool, kind: str, iterations: int) -> None:
+    def __init__(self, reactor: Any, pool: ThreadPool, kind: str, iterations: int) -> None:
         super().__init__()
-        self.pool, self.kind, self.iterations = pool, kind, iterations
+        self.reactor, self.pool, self.kind, self.iterations = reactor, pool, kind, iterations
 
     def render_GET(self, request: Request) -> int:
-        d = deferToThreadPool(reactor, self.pool, work.run, self.kind, self.iterations)
+        d = deferToThreadPool(self.reactor, self.pool, work.run, self.kind, self.iterations)
 
         def done(digest: str) -> None:
-            if request._disconnected:
+            if _compat.client_gone(request):
                 return
             body = digest.encode() + b"\n"
             request.setHeader(b"content-type", _TEXT)
@@ -60,22 +60,19 @@ class QuietSite(Site):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("port", type=int)
-    parser.add_argument("--pool-size", type=int, default=2)
-    parser.add_argument("--iterations", type=int, default=0)
-    parser.add_argument("--kind", default="pbkdf2")
-    args = parser.parse_args()
+    from twisted.internet import reactor
+
+    args = parse_args(__doc__.splitlines()[0])
     pool = ThreadPool(args.pool_size, args.pool_size, "bare-work")
     pool.start()
     reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
     root = Resource()
     root.putChild(b"healthz", Healthz())
-    root.putChild(b"data", Data(pool, args.kind, args.iterations))
+    root.putChild(b"data", Data(reactor, pool, args.kind, args.iterations))
     reactor.listenTCP(args.port, QuietSite(root), backlog=1024, interface="127.0.0.1")
     print(f"listening on {args.port}", flush=True)
     reactor.run()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,4 +1,4 @@
-"""The attacker: fires requests on the open or closed model and records what happened.
+"""The attacker: fires requests on the open or closed model, and reports each outcome to a recorder.
 
 Open model (``rate``): request *n* is due at ``start + pacer.intended(n)``
 whatever the server does; latency is measured from that intended start
@@ -12,17 +12,16 @@ the previous one is answered; the intended start is the actual start.
 
 Keep-alive never holds more connections than the concurrency (closed) or
 ``max_in_flight`` (open); ``close`` opens one connection per request and sends
-``Connection: close``.  Every figure goes into an HdrHistogram; nothing keeps
-per-request lists.
+``Connection: close``.  When requests start is the pacer's answer
+(:mod:`loadgen.lib.pacer`); what their outcomes add up to is the recorder's
+(:mod:`loadgen.lib.recorder`).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import error as ierror
@@ -31,73 +30,21 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
-from loadgen._client import Connection, ConnectionOwner, PreparedRequest, connect
-from loadgen.pacer import ConstantPacer
-from loadgen.results import ERROR_KINDS, StepResult
-from loadgen.stats import LatencyHistogram
+from loadgen.lib._client import Connection, ConnectionOwner, PreparedRequest, connect
+from loadgen.lib.pacer import ConstantPacer
+from loadgen.lib.plan import Plan, Target
+from loadgen.lib.recorder import Recorder
+from loadgen.lib.results import StepResult
 
 # The reactor's timers have 1 ms resolution (epoll_wait rounds its timeout
 # up to whole milliseconds), so a timer for time T fires somewhere in
 # [T, T + 1 ms).  Rather than send every request up to 1 ms late, the pacer
 # wakes up to 1 ms early and sends what is due within that window: requests
 # leave within about +-0.5 ms of their intended start.  A request sent early
-# never counts less than its own service time (see _record).
+# never counts less than its own service time (see Recorder.finished).
 TIMER_RESOLUTION_S = 0.001
 # How often in-flight requests are checked against their deadline.
 _TIMEOUT_SWEEP_S = 0.05
-# Schedule lag p99 above which the generator, not the server, is suspect.
-SATURATION_LAG_MS = 10.0
-SATURATION_CPU_PERCENT = 95.0
-
-
-@dataclass
-class Target:
-    """Where requests go: an address resolved once, and the request to send."""
-
-    address: str  # an IP literal: no name lookups on the hot path
-    port: int
-    host_header: bytes
-    path: bytes
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-
-
-@dataclass
-class Plan:
-    """One step of load: the model, its size, and how long."""
-
-    model: str  # "open" | "closed"
-    duration: float
-    rate: float | None = None
-    concurrency: int | None = None
-    warmup: float = 0.0
-    connection: str = "keep-alive"  # | "close"
-    timeout: float = 10.0
-    max_in_flight: int = 1000
-    shard: tuple[int, int] = (0, 1)  # open model: (I, N), every N-th request of the schedule from the I-th
-
-    def __post_init__(self) -> None:
-        if self.model == "open" and not (self.rate and self.rate > 0):
-            raise ValueError("--rate must be a positive number")
-        index, count = self.shard
-        if count < 1 or not 0 <= index < count:
-            raise ValueError(f"--shard must be I/N with 0 <= I < N, got {index}/{count}")
-        if count > 1 and self.model != "open":
-            raise ValueError("--shard applies to the open model (--rate)")
-        if self.model == "closed" and not (self.concurrency and self.concurrency > 0):
-            raise ValueError("--concurrency must be a positive integer")
-        if self.duration <= 0:
-            raise ValueError("--duration must be positive")
-        if self.max_in_flight < 1:
-            raise ValueError("--max-in-flight must be a positive integer")
-
-    @property
-    def offered_rate(self) -> float | None:
-        """Open model: the requests per second this generator sends (its shard's share of ``rate``)."""
-        return self.rate / self.shard[1] if self.model == "open" else None  # type: ignore[operator]
-
-    @property
-    def connection_cap(self) -> int:
-        return self.concurrency if self.model == "closed" else self.max_in_flight  # type: ignore[return-value]
 
 
 def classify(failure: Failure | None, status: int) -> str | None:
@@ -119,25 +66,6 @@ def classify(failure: Failure | None, status: int) -> str | None:
     if failure.check(ierror.ConnectionLost, ierror.ConnectionDone, ierror.ConnectionAborted, ConnectionResetError):
         return "reset"
     return "other"
-
-
-class _Recorder:
-    """Counts and histograms of one measured window."""
-
-    def __init__(self, connect: bool) -> None:
-        self.latency = LatencyHistogram()
-        self.service = LatencyHistogram()
-        self.connect = LatencyHistogram() if connect else None
-        self.lag = LatencyHistogram()
-        self.requests = 0
-        self.ok = 0
-        self.errors = dict.fromkeys(ERROR_KINDS, 0)
-        self.missed = 0
-        self.busy_s = 0.0  # closed model: the users' time in requests, summed (for Little's law)
-        self.first_intended: float | None = None
-        self.last_done = 0.0
-        self.first_ok_done: float | None = None
-        self.last_ok_done = 0.0
 
 
 class Engine(ConnectionOwner):
@@ -180,10 +108,12 @@ class Engine(ConnectionOwner):
         self.in_flight = 0
         self.started = 0  # open model: requests started on the schedule so far
         self.users_active = 0
-        self.rec = _Recorder(self.close_mode)
+        self.recorder = Recorder(0.0, closed_model=plan.model == "closed", connect_times=self.close_mode)
         self._tick_call: IDelayedCall | None = None
         self._sweep_call: IDelayedCall | None = None
         self._progress_call: IDelayedCall | None = None
+        self._end_call: IDelayedCall | None = None
+        self._drain_call: IDelayedCall | None = None
         self._stopping = False
         self._done: Deferred[StepResult] | None = None
 
@@ -197,7 +127,7 @@ class Engine(ConnectionOwner):
         """
         self._done = Deferred()
         self.t0 = self.now() if self.start is None else self.start
-        self.measure_from = self.t0 + self.plan.warmup
+        self.measure_from = self.recorder.measure_from = self.t0 + self.plan.warmup
         self.end = self.measure_from + self.plan.duration
         self.cpu0 = self.cpu()
         self._sweep_call = self.reactor.callLater(_TIMEOUT_SWEEP_S, self._sweep)
@@ -223,19 +153,16 @@ class Engine(ConnectionOwner):
         due = pacer.count_until(now - self.t0 + TIMER_RESOLUTION_S)
         last = pacer.count_until(self.end - self.t0 - 1e-9)
         due = min(due, last)
-        measure_from = self.measure_from
-        rec = self.rec
+        recorder = self.recorder
         while self.started < due:
             intended = self.t0 + pacer.intended(self.started)
             self.started += 1
-            if intended >= measure_from:
-                rec.lag.record_ms(max(0.0, now - intended) * 1000.0)
             if self.in_flight < self.cap:
+                recorder.started(intended, now, missed=False)
                 self._admit(intended)
             else:
+                recorder.started(intended, now, missed=True)
                 self.waiting.append(intended)
-                if intended >= measure_from:
-                    rec.missed += 1
         if self.started < last:
             delay = self.t0 + pacer.intended(self.started) - TIMER_RESOLUTION_S - self.now()
             self._tick_call = self.reactor.callLater(max(0.0, delay), self._tick)
@@ -244,8 +171,8 @@ class Engine(ConnectionOwner):
         self.in_flight += 1
         if self.close_mode:
             conn = connect(self.reactor, self.target.address, self.target.port, self, self.plan.timeout)
-            conn.attempt = intended  # type: ignore[attr-defined]
-            conn.connect_started = self.now()  # type: ignore[attr-defined]
+            conn.attempt = intended
+            conn.connect_started = self.now()
             self.connecting += 1
             self.opened += 1
             return
@@ -273,35 +200,9 @@ class Engine(ConnectionOwner):
         now = self.now()
         self.busy.pop(conn, None)
         self.in_flight -= 1
-        if getattr(conn, "timed_out", False):
-            kind: str | None = "timeout"
-        else:
-            kind = classify(failure, status)
-        self._record(intended, sent, now, kind)
+        kind = "timeout" if conn.timed_out else classify(failure, status)
+        self.recorder.finished(intended, sent, now, kind)
         self._next(now)
-
-    def _record(self, intended: float, sent: float | None, now: float, kind: str | None) -> None:
-        if intended < self.measure_from:
-            return
-        rec = self.rec
-        rec.requests += 1
-        if rec.first_intended is None:
-            rec.first_intended = intended
-        rec.last_done = max(rec.last_done, now)
-        if kind is None:
-            rec.ok += 1
-            if rec.first_ok_done is None:
-                rec.first_ok_done = now
-            rec.last_ok_done = now
-            # From the intended start; from the send if it left early (never below service time).
-            start = intended if sent is None or sent > intended else sent
-            rec.latency.record_ms((now - start) * 1000.0)
-            if sent is not None:
-                rec.service.record_ms((now - sent) * 1000.0)
-        else:
-            rec.errors[kind] += 1
-        if self.pacer is None:
-            rec.busy_s += now - intended
 
     def _next(self, now: float) -> None:
         """A slot freed: start what waits for it (open) or the user's next request (closed)."""
@@ -322,11 +223,8 @@ class Engine(ConnectionOwner):
         self.connecting -= 1
         self.open += 1
         if self.close_mode:
-            intended = conn.attempt  # type: ignore[attr-defined]
-            now = self.now()
-            if intended >= self.measure_from and self.rec.connect is not None:
-                self.rec.connect.record_ms((now - conn.connect_started) * 1000.0)  # type: ignore[attr-defined]
-            self._send(conn, intended)
+            self.recorder.connected(conn.attempt, self.now() - conn.connect_started)
+            self._send(conn, conn.attempt)
         else:
             self.idle.append(conn)
             self._pump()
@@ -351,13 +249,13 @@ class Engine(ConnectionOwner):
         self.connecting -= 1
         now = self.now()
         if self.close_mode:
-            intended = conn.attempt  # type: ignore[attr-defined]
+            intended = conn.attempt
         elif self.pending:
             intended = self.pending.popleft()
         else:
             return
         self.in_flight -= 1
-        self._record(intended, None, now, classify(reason, 0))
+        self.recorder.finished(intended, None, now, classify(reason, 0))
         self._next(now)
 
     # -- timeouts, progress, the end ------------------------------------
@@ -366,22 +264,13 @@ class Engine(ConnectionOwner):
         now = self.now()
         for conn, (_, _, deadline) in list(self.busy.items()):
             if now > deadline and conn.transport is not None:
-                conn.timed_out = True  # type: ignore[attr-defined]
+                conn.timed_out = True
                 conn.transport.abortConnection()
         if self._done is not None and not self._done.called:
             self._sweep_call = self.reactor.callLater(_TIMEOUT_SWEEP_S, self._sweep)
 
     def _report_progress(self) -> None:
-        rec = self.rec
-        elapsed = max(1e-9, self.now() - self.measure_from)
-        self.progress({  # type: ignore[misc]
-            "elapsed_s": max(0.0, elapsed),
-            "duration_s": self.plan.duration,
-            "achieved_rps": rec.ok / elapsed if elapsed > 0 else 0.0,
-            "p99_ms": rec.latency.summary()["p99"],
-            "errors": sum(rec.errors.values()),
-            "in_flight": self.in_flight,
-        })
+        self.progress(self.recorder.snapshot(self.now(), self.plan.duration, self.in_flight))  # type: ignore[misc]
         self._progress_call = self.reactor.callLater(1.0, self._report_progress)
 
     def _finish_schedule(self) -> None:
@@ -406,14 +295,14 @@ class Engine(ConnectionOwner):
     def _abandon(self) -> None:
         now = self.now()
         for conn in list(self.busy):
-            conn.timed_out = True  # type: ignore[attr-defined]
+            conn.timed_out = True
             if conn.transport is not None:
                 conn.transport.abortConnection()
         while self.pending:
             self.in_flight -= 1
-            self._record(self.pending.popleft(), None, now, "timeout")
+            self.recorder.finished(self.pending.popleft(), None, now, "timeout")
         while self.waiting:
-            self._record(self.waiting.popleft(), None, now, "timeout")
+            self.recorder.finished(self.waiting.popleft(), None, now, "timeout")
         self._maybe_done(force=True)
 
     def _maybe_done(self, force: bool = False) -> None:
@@ -425,66 +314,17 @@ class Engine(ConnectionOwner):
             for conn in list(self.idle):
                 conn.transport.loseConnection()
             return
-        for call in (self._sweep_call, self._progress_call, getattr(self, "_drain_call", None)):
+        for call in (self._sweep_call, self._progress_call, self._drain_call):
             if call is not None and call.active():
                 call.cancel()
         self._done.callback(self._result())
 
-    def _achieved(self, duration: float) -> float:
-        """Successful responses per second.
-
-        Open model: from the spacing of their completions.  N completions
-        spread over a span of (N - 1) / rate, whether the rate is the offered
-        one or the server's capacity; dividing by the step's duration instead
-        would either count a backlog served after the step as throughput, or
-        (dividing by the time to the last completion) charge a short step one
-        latency too many.
-
-        Closed model: by Little's law.  U users always have one request out, so
-        U / (mean time per request) is the throughput, whatever the window's
-        edges; the spacing of completions is not, since users in step with each
-        other complete in bursts of U (N completions then span N / rate, and
-        (N - 1) / span over-counts a short step by one burst).
-        """
-        rec = self.rec
-        if self.pacer is None and rec.busy_s > 0:
-            return (self.plan.concurrency or 0) * rec.ok / rec.busy_s
-        if rec.ok >= 2 and rec.first_ok_done is not None and rec.last_ok_done > rec.first_ok_done:
-            return (rec.ok - 1) / (rec.last_ok_done - rec.first_ok_done)
-        return rec.ok / duration
-
     def _result(self) -> StepResult:
-        rec = self.rec
-        cpu_s = self.cpu() - self.cpu0
-        wall = max(1e-9, self.now() - self.t0)
-        duration = self.plan.duration
-        if rec.first_intended is not None:
-            duration = max(duration, rec.last_done - self.measure_from)
-        lag_p99 = rec.lag.summary()["p99"]
-        cpu_percent = 100.0 * cpu_s / wall
-        saturated = rec.missed > 0 or lag_p99 > SATURATION_LAG_MS or cpu_percent > SATURATION_CPU_PERCENT
-        return StepResult(
+        return self.recorder.result(
             offered_rps=self.plan.offered_rate,
             concurrency=self.plan.concurrency if self.plan.model == "closed" else None,
-            duration_s=round(duration, 6),
-            requests=rec.requests,
-            ok=rec.ok,
-            errors={k: v for k, v in rec.errors.items() if v},
-            achieved_rps=self._achieved(duration),
-            latency_ms=rec.latency.summary(),
-            service_time_ms=rec.service.summary(),
-            connect_ms=rec.connect.summary() if rec.connect is not None else None,
-            generator={
-                "schedule_lag_ms_p99": lag_p99,
-                "cpu_percent": round(cpu_percent, 1),
-                "saturated": saturated,
-                "missed": rec.missed,
-                "cpu_s": round(cpu_s, 4),
-                "pids": [os.getpid()],
-            },
-            server=None,
-            histogram=rec.latency.encode(),
-            service_histogram=rec.service.encode(),
-            connect_histogram=rec.connect.encode() if rec.connect is not None else None,
+            duration=self.plan.duration,
+            cpu_s=self.cpu() - self.cpu0,
+            wall_s=self.now() - self.t0,
             connections_opened=self.opened,
         )

@@ -1,6 +1,6 @@
 """Peer: the same /data on aiohttp, the work in a ThreadPoolExecutor via run_in_executor.
 
-    python aiohttp_server.py PORT --iterations N [--pool-size P] [--kind pbkdf2]
+    python -m loadgen.peer_servers.aiohttp_server PORT --iterations N [--pool-size P] [--kind pbkdf2]
 """
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
-from _args import parse_args
 from aiohttp import web
 
 from dataserv import work
+from loadgen.peer_servers._args import parse_args
 
 
 def main() -> None:
-    args = parse_args()
+    args = parse_args(__doc__.splitlines()[0])
     executor = ThreadPoolExecutor(max_workers=args.pool_size)
 
     async def data(request: web.Request) -> web.Response:

@@ -5,8 +5,10 @@ dataserv itself, sweeps it with the open model at fractions of its ceiling
 (pool size / work time) while scraping it, holds one overload step at
 ``overload`` x the knee with ``Connection: close`` (every request a freshly
 accepted connection, as in the original experiment), stops the server with
-SIGTERM and checks that it and its helpers are gone.  The report is built
-from the measured numbers only (``loadgen.compare_report``).
+SIGTERM and checks that it and its helpers are gone.  With peers, each
+peer server (:mod:`loadgen.lib.peers`) is then swept like dataserv's
+threads / pbkdf2 / keep-alive configuration.  The report is built from the
+measured numbers only (:mod:`loadgen.lib.compare_report`).
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from loadgen.analysis import default_p99_limit_ms, find_knee, parse_stop_when
-from loadgen.engine import Plan, Target
-from loadgen.results import RunResult
-from loadgen.runner import run_steps
-from loadgen.scrape import make_client
-from loadgen.servers import DataservProcess, ServerFailed
+from loadgen.lib.analysis import parse_stop_when
+from loadgen.lib.children import DATASERV_LISTENING, ChildServer, ServerFailed, dataserv_argv, free_port
+from loadgen.lib.compare_report import build_report, plot_latency, plot_overload, reference_entry
+from loadgen.lib.peers import Peer
+from loadgen.lib.plan import Plan, Target
+from loadgen.lib.results import RunResult
+from loadgen.lib.runner import run_steps, sweep
+from loadgen.lib.scrape import make_client
 
 # Steps as fractions of the ceiling: below, around and past the knee.
 DEFAULT_FRACTIONS = (0.25, 0.5, 0.7, 0.85, 1.0, 1.15)
@@ -86,7 +90,7 @@ class Settings:
     warmup: float = 0.5
     overload: float = 1.5
     overload_duration: float = 3.0
-    knee_p99_ms: float | None = None  # None: max(3x the lowest step's p99, 25x the work time)
+    knee_p99_ms: float | None = None  # None: the default limit (analysis.DEFAULT_KNEE_LIMIT), with the work time
     stop_when: str = "p99>1s"
     timeout: float = 10.0
     max_in_flight: int = 2000
@@ -114,22 +118,34 @@ def machine_info() -> dict[str, Any]:
             "dataserv": v("dataserv"), "treq": v("treq")}
 
 
-async def sweep(reactor: Any, target: Target, settings: Settings, ceiling_rps: float, work_ms: float,
-                connection: str, scrape_url: str | None, progress: Any = None) -> RunResult:
-    """Open-model steps at ``settings.fractions`` of the ceiling, stopping early per ``settings.stop_when``;
-    the knee is the one of SPEC, its p99 limit ``settings.knee_p99_ms`` or else
-    max(3x the lowest step's p99, 25x the work time)."""
+async def sweep_fractions(reactor: Any, target: Target, settings: Settings, ceiling_rps: float, work_ms: float,
+                          connection: str, scrape_url: str | None, progress: Any = None) -> RunResult:
+    """Open-model steps at ``settings.fractions`` of the ceiling, stopping early per ``settings.stop_when``,
+    and the knee (its p99 limit ``settings.knee_p99_ms``, else the default one given the work time)."""
     plans = [Plan(model="open", rate=round(f * ceiling_rps, 3), duration=settings.step_duration,
                   warmup=settings.warmup if i == 0 else 0.0, connection=connection, timeout=settings.timeout,
                   max_in_flight=settings.max_in_flight) for i, f in enumerate(settings.fractions)]
-    stop = [parse_stop_when(settings.stop_when)] if settings.stop_when else None
-    steps = await run_steps(reactor, target, plans, scrape_url, progress=progress, stop_when=stop)
-    result = RunResult(target=f"http://{target.host_header.decode()}{target.path.decode()}", model="open",
-                       connection=connection, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), steps=steps)
-    if steps:
-        limit = settings.knee_p99_ms or max(default_p99_limit_ms(steps), 25.0 * work_ms)
-        result.knee = find_knee(steps, limit)
-    return result
+    stop = [parse_stop_when(settings.stop_when)] if settings.stop_when else []
+    return await sweep(reactor, target, plans, scrape_url, stop_when=stop, knee_p99_ms=settings.knee_p99_ms,
+                       work_ms=work_ms, progress=progress)
+
+
+def _loopback(port: int) -> Target:
+    return Target(address="127.0.0.1", port=port, host_header=f"127.0.0.1:{port}".encode(), path=b"/data")
+
+
+def dataserv_child(config: Configuration, log_dir: Path) -> ChildServer:
+    """``twistd -n dataserv`` on two free loopback ports: one for load, one for scrapes.
+
+    The second endpoint has its own accept queue, so a scrape is not stuck
+    behind the load's backlog (with inline dispatch at overload, that backlog
+    is seconds long).
+    """
+    log = log_dir / f"{config.name}.log"
+    argv = dataserv_argv(config.server_args(), logfile=log,
+                         listen=["tcp:0:interface=127.0.0.1:backlog=1024", "tcp:0:interface=127.0.0.1"])
+    return ChildServer(argv, log=log, listening=DATASERV_LISTENING, ports_needed=2,
+                       output=log_dir / f"{config.name}.out", ready_path="/readyz")
 
 
 async def run_configuration(reactor: Any, config: Configuration, settings: Settings, out_dir: Path,
@@ -141,14 +157,14 @@ async def run_configuration(reactor: Any, config: Configuration, settings: Setti
         "work_ms": config.work_ms, "ceiling_rps": config.ceiling_rps, "knee_rps": None, "result": None,
         "overload": None, "error": None, "exit_code": None,
     }
-    server = DataservProcess(reactor, config.name, config.server_args(), out_dir / "logs")
+    server = dataserv_child(config, out_dir / "logs")
     started = time.monotonic()
     try:
-        await server.start(client)
-        target = Target(address="127.0.0.1", port=server.port, host_header=f"127.0.0.1:{server.port}".encode(),
-                        path=b"/data")
-        result = await sweep(reactor, target, settings, config.ceiling_rps, config.work_ms, config.connection,
-                             server.metrics_url, progress)
+        await server.start(reactor, client)
+        target = _loopback(server.port)
+        metrics_url = server.url("/metrics", port=server.ports[1])
+        result = await sweep_fractions(reactor, target, settings, config.ceiling_rps, config.work_ms,
+                                       config.connection, metrics_url, progress)
         steps = result.steps
         entry["result"] = result.to_dict()
         entry["knee_rps"] = result.knee["rps"] if result.knee else None
@@ -161,16 +177,16 @@ async def run_configuration(reactor: Any, config: Configuration, settings: Setti
         entry["overload_base_rps"] = base
         overload = Plan(model="open", rate=round(settings.overload * base, 3), duration=settings.overload_duration,
                         connection="close", timeout=settings.timeout, max_in_flight=settings.max_in_flight)
-        [step] = await run_steps(reactor, target, [overload], server.metrics_url, progress=progress,
+        [step] = await run_steps(reactor, target, [overload], metrics_url, progress=progress,
                                  scrape_interval=0.5)
         entry["overload"] = step.to_dict()
     except ServerFailed as e:
         entry["error"] = f"{config.name}: {e}"
     finally:
         try:
-            entry["exit_code"] = await server.stop()
+            entry["exit_code"] = await server.stop(reactor)
             if entry["exit_code"] not in CLEAN_EXITS and entry["error"] is None:
-                entry["error"] = f"{config.name}: exited {entry['exit_code']} after SIGTERM: {server.last_log_line()}"
+                entry["error"] = f"{config.name}: exited {entry['exit_code']} after SIGTERM: {server.last_line()}"
         except ServerFailed as e:
             entry["error"] = entry["error"] or f"{config.name}: {e}"
         finally:
@@ -179,8 +195,41 @@ async def run_configuration(reactor: Any, config: Configuration, settings: Setti
     return entry
 
 
+async def run_peer(reactor: Any, peer: Peer, reference: dict[str, Any] | None, settings: Settings, out_dir: Path,
+                   client: Any, progress: Any = None) -> dict[str, Any]:
+    """Sweep one peer like dataserv's ``reference`` entry (its pool, work and iterations); answer its entry."""
+    entry: dict[str, Any] = {"name": f"peer-{peer.name}", "dispatch": peer.name, "work_kind": "pbkdf2",
+                             "connection": "keep-alive", "result": None, "knee_rps": None, "error": None}
+    if reference is None:
+        entry["error"] = "no dataserv threads-pbkdf2-keep-alive run to take the iteration count from"
+        return entry
+    entry.update(pool_size=reference["pool_size"], work_ms=reference["work_ms"],
+                 ceiling_rps=reference["ceiling_rps"], work_iterations=reference["work_iterations"])
+    port = free_port()
+    server = ChildServer(peer.argv(port, iterations=reference["work_iterations"], pool_size=reference["pool_size"]),
+                         port=port, output=out_dir / "logs" / f"peer-{peer.name}.log")
+    started = time.monotonic()
+    try:
+        await server.start(reactor, client, timeout=30.0)
+        result = await sweep_fractions(reactor, _loopback(port), settings, reference["ceiling_rps"],
+                                       reference["work_ms"], "keep-alive", None, progress)
+        entry["result"] = result.to_dict()
+        entry["knee_rps"] = result.knee["rps"] if result.knee else None
+    except Exception as e:  # noqa: BLE001 - a peer that fails is reported, not fatal
+        entry["error"] = f"peer-{peer.name}: {e}"
+    finally:
+        try:
+            await server.stop(reactor, timeout=5.0)
+        except ServerFailed:
+            pass  # killed; a peer's exit status is not part of the comparison
+        finally:
+            server.kill()
+    entry["seconds"] = round(time.monotonic() - started, 1)
+    return entry
+
+
 async def run_compare(reactor: Any, configs: list[Configuration], settings: Settings, out_dir: Path,
-                      progress: Any = None, peers: list[Any] | None = None) -> dict[str, Any]:
+                      progress: Any = None, peers: list[Peer] | None = None) -> dict[str, Any]:
     """Every configuration in turn (never two at once); answer the results.json document."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "logs").mkdir(exist_ok=True)
@@ -201,16 +250,14 @@ async def run_compare(reactor: Any, configs: list[Configuration], settings: Sett
         entries.append(entry)
     document = {"machine": machine_info(), "settings": asdict(settings), "configurations": entries}
     if peers:
-        from loadgen.peers import run_peers
-
-        document["peers"] = await run_peers(reactor, peers, entries, settings, out_dir, client, progress)
+        reference = reference_entry(entries)
+        document["peers"] = [await run_peer(reactor, peer, reference, settings, out_dir, client, progress)
+                             for peer in peers]
     return document
 
 
 def write_outputs(document: dict[str, Any], out_dir: Path) -> list[Path]:
     """results.json, report.md and the plots; answer the paths written."""
-    from loadgen.compare_report import build_report, plot_latency, plot_overload
-
     paths = [out_dir / "results.json", out_dir / "report.md", out_dir / "latency.png", out_dir / "overload.png"]
     paths[0].write_text(json.dumps(document, indent=1))
     plot_latency(document, paths[2])

@@ -10,8 +10,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from loadgen.results import ERROR_KINDS, GENERATOR_KEYS, SERVER_KEYS, RunResult, StepResult
-from loadgen.stats import SUMMARY_KEYS
+from loadgen.lib.results import ERROR_KINDS, GENERATOR_KEYS, SERVER_KEYS, RunResult, StepResult
+from loadgen.lib.stats import SUMMARY_KEYS
 
 FORMATS = ("text", "json", "csv", "markdown")
 _LATENCY_COLUMNS = ("p50", "p90", "p99", "p999", "max")

@@ -73,7 +73,9 @@ class Connection(HTTP11ClientProtocol):
     def __init__(self, owner: ConnectionOwner) -> None:
         super().__init__(quiescentCallback=owner.connection_idle)
         self.owner = owner
-        self.connected_at = 0.0
+        self.attempt = 0.0  # close mode: the intended start of the request this connection is for
+        self.connect_started = 0.0  # when connecting began (the owner's clock)
+        self.timed_out = False  # the owner aborted it past its deadline
 
     def connectionMade(self) -> None:
         super().connectionMade()

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from loadgen.results import StepResult
+from loadgen.lib.results import StepResult
 
 KNEE_ACHIEVED_FRACTION = 0.98
 LATENCY_METRICS = ("p50", "p90", "p99", "p999", "max", "mean")
@@ -39,41 +39,70 @@ def _fmt(value: float) -> str:
     return f"{value:g}"
 
 
-def default_p99_limit_ms(steps: Sequence[StepResult]) -> float:
-    """The p99 at which latency has "turned up": max(3 x the lowest-offered step's p99, its p50 + 10 ms).
+# The default p99 limit of the knee: latency has "turned up" when the p99 is this many times the
+# lowest-offered step's p99, and at least its p50 plus the margin; where the work time of one request is
+# known (compare), never below this many times it.  Relative to the unloaded latency rather than absolute,
+# so that it suits fast and slow services alike.
+KNEE_P99_FACTOR = 3.0
+KNEE_P50_MARGIN_MS = 10.0
+KNEE_WORK_FACTOR = 25.0
+DEFAULT_KNEE_LIMIT = (
+    f"max({KNEE_P99_FACTOR:g} x the lowest step's p99, its p50 + {KNEE_P50_MARGIN_MS:g} ms), and at least "
+    f"{KNEE_WORK_FACTOR:g} x the work time where that is known (compare)"
+)
 
-    Relative to the unloaded latency rather than absolute, so it suits fast and slow services alike.
-    """
+
+def default_p99_limit_ms(steps: Sequence[StepResult], work_ms: float | None = None) -> float:
+    """The knee's default p99 limit (``DEFAULT_KNEE_LIMIT``), from the lowest-offered step and the work time."""
     offered = [step for step in steps if step.offered_rps is not None]
     if not offered:
         raise ValueError("a default p99 limit needs open-model steps (with an offered rate)")
     lowest = min(offered, key=lambda step: step.offered_rps)
-    return round(max(3 * lowest.latency_ms["p99"], lowest.latency_ms["p50"] + 10.0), 3)
+    limit = max(KNEE_P99_FACTOR * lowest.latency_ms["p99"], lowest.latency_ms["p50"] + KNEE_P50_MARGIN_MS)
+    if work_ms is not None:
+        limit = max(limit, KNEE_WORK_FACTOR * work_ms)
+    return round(limit, 3)
 
 
-def find_knee(steps: Sequence[StepResult], p99_limit_ms: float | None = None) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class Knee:
+    """The knee of a sweep: its step, that step's index among the steps given, and the p99 limit applied."""
+
+    step: StepResult
+    index: int
+    p99_limit_ms: float
+
+    @property
+    def rule(self) -> str:
+        """The rule applied, with its numbers."""
+        return (f"achieved >= {_fmt(KNEE_ACHIEVED_FRACTION)} x offered and p99 <= {_fmt(self.p99_limit_ms)} ms")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result file's ``knee``: the step's achieved rate and p99, the rule, and the step's index."""
+        return {"rps": self.step.achieved_rps, "p99_ms": self.step.latency_ms["p99"], "rule": self.rule,
+                "step": self.index}
+
+
+def find_knee(steps: Sequence[StepResult], p99_limit_ms: float | None = None, *,
+              work_ms: float | None = None) -> Knee | None:
     """The highest-offered step that both keeps up (achieved >= 98% of offered) and keeps p99 within the limit.
 
-    ``p99_limit_ms`` defaults to ``default_p99_limit_ms(steps)``; None is returned when no step qualifies
-    (or the steps are closed-model, which have no offered rate).
+    ``p99_limit_ms`` defaults to ``default_p99_limit_ms(steps, work_ms)``; None is returned when no step
+    qualifies (or the steps are closed-model, which have no offered rate).
     """
-    offered = [step for step in steps if step.offered_rps is not None]
+    offered = [(index, step) for index, step in enumerate(steps) if step.offered_rps is not None]
     if not offered:
         return None
-    limit = default_p99_limit_ms(offered) if p99_limit_ms is None else p99_limit_ms
+    limit = default_p99_limit_ms(steps, work_ms) if p99_limit_ms is None else p99_limit_ms
     good = [
-        step
-        for step in offered
+        (index, step)
+        for index, step in offered
         if step.achieved_rps >= KNEE_ACHIEVED_FRACTION * step.offered_rps and step.latency_ms["p99"] <= limit
     ]
     if not good:
         return None
-    knee = max(good, key=lambda step: step.offered_rps)
-    return {
-        "rps": knee.achieved_rps,
-        "p99_ms": knee.latency_ms["p99"],
-        "rule": f"achieved >= {_fmt(KNEE_ACHIEVED_FRACTION)} x offered and p99 <= {_fmt(limit)} ms",
-    }
+    index, step = max(good, key=lambda pair: pair[1].offered_rps)
+    return Knee(step=step, index=index, p99_limit_ms=limit)
 
 
 @dataclass(frozen=True)
@@ -88,7 +117,7 @@ class Slo:
 
     @property
     def threshold_ms(self) -> float | None:
-        """The threshold in ms for latency conditions (e.g. a sweep's knee limit from --stop-when), else None."""
+        """The threshold in ms for latency conditions (e.g. a sweep's knee limit from its stop condition), else None."""
         return self.threshold if self.metric in LATENCY_METRICS else None
 
     @property
@@ -153,10 +182,10 @@ def _parse(expr: str, what: str) -> Slo:
 
 
 def parse_slo(expr: str) -> Slo:
-    """Parse a ``--slo`` expression; anything else raises a one-line ValueError quoting it."""
+    """Parse an SLO expression; anything else raises a one-line ValueError quoting it."""
     return _parse(expr, "SLO expression")
 
 
 def parse_stop_when(expr: str) -> Slo:
-    """Parse a ``--stop-when`` expression (same grammar as SLOs); the sweep stops at a step where it holds."""
-    return _parse(expr, "--stop-when expression")
+    """Parse a sweep's stop condition (same grammar as SLOs); the sweep stops at a step where it holds."""
+    return _parse(expr, "stop condition")

@@ -1,6 +1,6 @@
 """Peer: the same /data on FastAPI under uvicorn, a sync endpoint run by Starlette's thread pool.
 
-    python fastapi_server.py PORT --iterations N [--pool-size P] [--kind pbkdf2]
+    python -m loadgen.peer_servers.fastapi_server PORT --iterations N [--pool-size P] [--kind pbkdf2]
 
 Starlette runs sync endpoints on anyio's default thread limiter (40 tokens);
 it is set to --pool-size so the pool matches the others.
@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import anyio.to_thread
 import uvicorn
-from _args import parse_args
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
 from dataserv import work
+from loadgen.peer_servers._args import parse_args
 
 
 def main() -> None:
-    args = parse_args()
+    args = parse_args(__doc__.splitlines()[0])
     app = FastAPI()
 
     @app.on_event("startup")

@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,11 @@ SERVER_KEYS = (
     "work_queue_depth_max",
     "shed_per_s",
 )
+
+
+def now_iso() -> str:
+    """The current time as a result file's ``started_at``: ISO 8601, UTC, to the second."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass(kw_only=True)
@@ -113,6 +119,14 @@ class RunResult:
     steps: list[StepResult] = field(default_factory=list)
     knee: dict[str, Any] | None = None
     slo: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def knee_step(self) -> StepResult | None:
+        """The knee's step (the knee records its index in ``steps``); None without a knee or an index."""
+        index = (self.knee or {}).get("step")
+        if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(self.steps):
+            return self.steps[index]
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         """The result as a JSON-ready dict in SPEC's key order."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from loadgen.lib.analysis import DEFAULT_KNEE_LIMIT
+
 ORIGINAL_INLINE_RPS = 250.0  # 1 / 4 ms: the original experiment's accept-thread ceiling
 
 
@@ -16,11 +18,18 @@ def _fmt(value: Any, digits: int = 1) -> str:
 
 
 def _knee_step(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """The knee's step, by the index the knee records (results written before it had one: None)."""
     result = entry.get("result")
-    if not result or not result.get("knee"):
+    index = ((result or {}).get("knee") or {}).get("step")
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(result["steps"]):
         return None
-    rps = result["knee"]["rps"]
-    return next((s for s in result["steps"] if s["achieved_rps"] == rps), None)
+    return result["steps"][index]
+
+
+def reference_entry(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """dataserv's threads / pbkdf2 / keep-alive entry: the peers get its pool, work and iterations."""
+    return next((e for e in entries if e["dispatch"] == "threads" and e["work_kind"] == "pbkdf2"
+                 and e["connection"] == "keep-alive" and e.get("work_iterations")), None)
 
 
 def knee_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
@@ -185,8 +194,7 @@ def build_report(document: dict[str, Any], plots: list[str] | None = None) -> st
         f"{settings.get('overload_duration')} s with `Connection: close`, every request a new connection. Latency is"
         " from the intended start (coordinated omission corrected). The knee is the highest step whose achieved"
         " rate is at least 98% of offered and whose p99 stays within "
-        + (f"{settings['knee_p99_ms']:g} ms." if settings.get("knee_p99_ms") else
-           "3x the lowest step's p99 or 25x the work time, whichever is larger."),
+        + (f"{settings['knee_p99_ms']:g} ms." if settings.get("knee_p99_ms") else f"{DEFAULT_KNEE_LIMIT}."),
         "",
         _work_sentence(document.get("configurations", [])),
         "",
@@ -234,8 +242,6 @@ def build_report(document: dict[str, Any], plots: list[str] | None = None) -> st
         lines += ["", "## Against the original experiment", ""] + [f"- {s}" for s in orig]
     peers = document.get("peers")
     if peers:
-        from loadgen.peers import peer_report_lines
-
         lines += [""] + peer_report_lines(peers, document["configurations"])
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
@@ -320,3 +326,27 @@ def _work_sentence(entries: list[dict[str, Any]]) -> str:
     parts = [f"{kind} {', '.join(f'{n:,}' for n in sorted(ns))} iterations" for kind, ns in sorted(counts.items())]
     return ("The first configuration of each work kind calibrated the work and the others ran the same "
             f"iteration count (`--work-iterations`), so that every row does the same work: {'; '.join(parts)}.")
+
+
+def peer_report_lines(peers: list[dict[str, Any]], configurations: list[dict[str, Any]]) -> list[str]:
+    """The report's peer section: knees side by side, and p99 at the same offered rates."""
+    lines = ["## Peers: the same /data on other servers", "",
+             "Same pbkdf2 call, same calibrated iterations, same pool size, same sweep, same generator.", "",
+             "| server | knee rps | knee / ceiling | p99 ms at each offered rate (rps: ms) |", "|---|---:|---:|---|"]
+    ref = reference_entry(configurations)
+    rows = ([("dataserv threads", ref)] if ref else []) + [(p["name"], p) for p in peers]
+    for name, entry in rows:
+        if entry.get("error"):
+            lines.append(f"| {name} | failed: {entry['error']} | | |")
+            continue
+        knee, ceiling, result = entry.get("knee_rps"), entry.get("ceiling_rps"), entry.get("result")
+        p99s = ", ".join(f"{s['offered_rps']:g}: {s['latency_ms']['p99']:.1f}" for s in (result or {}).get("steps", []))
+        ratio = f"{knee / ceiling:.2f}" if knee and ceiling else "-"
+        lines.append(f"| {name} | {f'{knee:.1f}' if knee else '-'} | {ratio} | {p99s or '-'} |")
+    best = max((p for p in peers if p.get("knee_rps")), key=lambda p: p["knee_rps"], default=None)
+    if ref and ref.get("knee_rps") and best:
+        verdict = "ahead of" if ref["knee_rps"] > best["knee_rps"] else "not ahead of"
+        lines += ["", f"- dataserv's thread pool knee ({ref['knee_rps']:.1f} rps) is {verdict} the best peer's "
+                      f"({best['name']}, {best['knee_rps']:.1f} rps): a ratio of {ref['knee_rps'] / best['knee_rps']:.2f}. "
+                      "Knees come from short steps; `bench/peers_bench.py` measures top throughput with wrk."]
+    return lines

@@ -11,8 +11,8 @@ from datetime import datetime
 from typing import Any
 
 from loadgen import __version__
-from loadgen.results import RunResult, StepResult
-from loadgen.stats import LatencyHistogram
+from loadgen.lib.results import RunResult, StepResult
+from loadgen.lib.stats import LatencyHistogram
 
 
 def _merged_histogram(payloads: Sequence[str]) -> LatencyHistogram:

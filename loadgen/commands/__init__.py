@@ -1,0 +1,1 @@
+"""One module per ``loadgen`` command; each adds its options to a parser and runs on the parsed arguments."""
