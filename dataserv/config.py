@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from dataserv import affinity
 from dataserv.dispatch import DISPATCH_KINDS
 from dataserv.work import KINDS as WORK_KINDS
 
@@ -54,6 +55,21 @@ def _path(name: str, raw: str) -> str:
     return raw
 
 
+def _cpu_list(name: str, raw: str) -> affinity.CpuList:
+    """taskset's list syntax, every CPU one this process may run on."""
+    try:
+        cpus = affinity.parse_cpu_list(raw)
+    except ValueError:
+        raise ConfigError(f"--{name} must be a CPU list like 0, 1-3 or 0,2-3, got {raw!r}") from None
+    if not affinity.SUPPORTED:
+        raise ConfigError(f"--{name}: this platform cannot pin threads to CPUs (no os.sched_setaffinity)")
+    outside = sorted(set(cpus) - affinity.allowed())
+    if outside:
+        raise ConfigError(f"--{name} {raw}: this process may only run on CPUs "
+                          f"{affinity.format_cpu_list(affinity.allowed())}, not {affinity.format_cpu_list(outside)}")
+    return cpus
+
+
 def _choice(*choices: str) -> Callable[[str, str], str]:
     def parse(name: str, raw: str) -> str:
         if raw not in choices:
@@ -96,6 +112,12 @@ OPTIONS: dict[str, tuple[str | None, Callable[[str, str], Any], str]] = {
     "access-log": ("off", _choice("off", "combined", "json"), "Per-request log: off, combined or json."),
     "access-log-file": (None, _path, "Write access logs to this file (- for stdout) instead of twistd's log."),
     "workers": ("1", _positive_int, "Reactor processes sharing the listening sockets."),
+    "reactor-cpus": (None, _cpu_list,
+                     "CPUs (taskset list: 0, 1-3, 0,2-3) for the reactor thread and every thread that is not a "
+                     "pool worker; with --workers, worker i's reactor on the i-th of them (round robin)."),
+    "pool-cpus": (None, _cpu_list,
+                  "CPUs (taskset list) for the pool's threads or processes: worker i on the i-th CPU when there "
+                  "are as many CPUs as workers, else on all of them."),
 }
 
 

@@ -3,8 +3,9 @@
 * ``inline``: on the reactor thread, the original experiment's baseline;
   accepting and parsing stop while the work runs.
 * ``threads``: a dedicated pool of threads (the "remote core"), never the
-  reactor's shared pool; ``reactor.callFromThread`` is the one-shot channel
-  back.  See :class:`WorkThreads` for why it is not Twisted's ``ThreadPool``.
+  reactor's shared pool, fed by ``deferToThreadPool``;
+  ``reactor.callFromThread`` is the one-shot channel back.  See
+  :class:`WorkThreads` for why it is not Twisted's ``ThreadPool``.
 * ``processes``: a pool of worker processes, for work that holds the GIL.
 
 Every dispatcher is a :class:`~twisted.application.service.Service`, so the
@@ -14,12 +15,13 @@ queue depth, work in progress and per-item queue wait / work time.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, NamedTuple
@@ -27,10 +29,12 @@ from typing import Any, NamedTuple
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dataserv import work
+from dataserv import affinity, work
+from dataserv.cputime import ProcessTimes, ThreadClocks
 
 DISPATCH_KINDS = ("inline", "threads", "processes")
 
@@ -153,6 +157,10 @@ class Dispatcher(Service):
         """Items running on a worker."""
         return min(self.outstanding, self.size)
 
+    def pool_cpu_seconds(self) -> float | None:
+        """CPU seconds the pool's workers have used (``thread_cpu_seconds_total{role="pool"}``); None: no pool."""
+        return None
+
 
 class InlineDispatcher(Dispatcher):
     """Runs the work synchronously on the reactor thread (deliberately blocking).
@@ -212,20 +220,30 @@ class WorkThreads:
 
     Items queued before :meth:`stop` still run; :meth:`call` afterwards raises
     (a stopped ``ThreadPool`` would drop the item silently).
+
+    It has the one method of ``ThreadPool`` that ``deferToThreadPool`` calls,
+    :meth:`callInThreadWithCallback`.  ``cpus``: each thread's CPUs
+    (``affinity.pool_placement``), set as it starts; ``cpu`` reads the
+    threads' CPU time.
     """
 
-    def __init__(self, size: int, name: str) -> None:
+    def __init__(self, size: int, name: str, cpus: Sequence[frozenset[int]] | None = None) -> None:
         self.size = size
         self.name = name
+        self.cpus = cpus
         self.threads: list[threading.Thread] = []
         self.joined = False
+        self.cpu = ThreadClocks()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._busy = [False] * size  # each slot written by its own thread only
 
     def start(self) -> None:
         for index in range(self.size):
             thread = threading.Thread(target=self._loop, args=(index,), name=f"{self.name}-{index}", daemon=True)
-            thread.start()
+            thread.start()  # no item reaches it before start() returns: pinned before any work
+            if self.cpus:
+                affinity.pin_thread(thread.native_id, self.cpus[index % len(self.cpus)])  # type: ignore[arg-type]
+            self.cpu.add(thread.ident)  # type: ignore[arg-type]
             self.threads.append(thread)
 
     def call(self, on_result: Callable[[bool, Any], object], func: Callable[..., Any], *args: Any) -> None:
@@ -233,6 +251,13 @@ class WorkThreads:
         if self.joined or not self.threads:
             raise RuntimeError(f"the {self.name} pool is not running")
         self._queue.put((on_result, func, args))
+
+    def callInThreadWithCallback(self, onResult: Callable[[bool, Any], object], func: Callable[..., Any],
+                                 *args: Any, **kwargs: Any) -> None:
+        """``ThreadPool``'s interface to :meth:`call`, as ``deferToThreadPool`` calls it (keyword arguments too)."""
+        if kwargs:
+            func = functools.partial(func, **kwargs)
+        self.call(onResult, func, *args)
 
     def _loop(self, index: int) -> None:
         get, busy = self._queue.get, self._busy
@@ -273,16 +298,37 @@ class WorkThreads:
         return sum(self._busy)
 
 
+# How ThreadDispatcher hands an item to its pool.  True: through
+# twisted.internet.threads.deferToThreadPool(reactor, pool, ...), as the
+# design names the "remote core" (a Deferred and two callbacks more per item).
+# False: straight to WorkThreads.call, with a result callback that does one
+# callFromThread to _settle (the path BENCHMARKS.md measured before).  Not a
+# user option: it exists so that a benchmark can compare the two paths, by
+# setting this before the dispatcher is built or passing
+# ``via_defer_to_thread_pool`` to ThreadDispatcher.
+VIA_DEFER_TO_THREAD_POOL = True
+
+
 class ThreadDispatcher(Dispatcher):
-    """Runs the work on a dedicated pool of ``size`` threads (:class:`WorkThreads`)."""
+    """Runs the work on a dedicated pool of ``size`` threads (:class:`WorkThreads`), through
+    ``deferToThreadPool`` unless ``via_defer_to_thread_pool`` is False (see ``VIA_DEFER_TO_THREAD_POOL``).
+
+    ``cpus``: each pool thread's CPUs (``--pool-cpus``, see :mod:`dataserv.affinity`).
+    """
 
     kind = "threads"
 
-    def __init__(self, reactor: IReactorFromThreads, size: int, observer: WorkObserver = _ignore,
+    def __init__(self, reactor: IReactorFromThreads, size: int, observer: WorkObserver = _ignore, *,
+                 cpus: Sequence[frozenset[int]] | None = None, via_defer_to_thread_pool: bool | None = None,
                  **kwargs: Any) -> None:
         super().__init__(size, observer, **kwargs)
         self._reactor = reactor
-        self.pool = WorkThreads(size, "dataserv-work")
+        self.pool = WorkThreads(size, "dataserv-work", cpus)
+        self.via_defer_to_thread_pool = (
+            VIA_DEFER_TO_THREAD_POOL if via_defer_to_thread_pool is None else via_defer_to_thread_pool
+        )
+        if not self.via_defer_to_thread_pool:
+            self._submit = self._submit_direct  # type: ignore[method-assign]
 
     def startService(self) -> None:
         super().startService()
@@ -294,6 +340,20 @@ class ThreadDispatcher(Dispatcher):
         return _stop_in_thread(self._reactor, self.pool.join, "dataserv-work")
 
     def _submit(self, kind: str, iterations: int, submitted: float, deadline: float) -> Deferred[str]:
+        # deferToThreadPool's Deferred has no canceller, so the one answered
+        # is ours: cancelling it (the client went away) sets the token, and the
+        # worker skips the work if it has not started; deferToThreadPool's
+        # result, a skip included, still comes to _settle, which counts it.
+        token = _Token()
+        d: Deferred[str] = Deferred(lambda _: setattr(token, "cancelled", True))
+        settle = self._settle
+        ran = deferToThreadPool(self._reactor, self.pool, work.guarded_run,  # type: ignore[arg-type]
+                                kind, iterations, deadline, token)
+        ran.addCallbacks(lambda result: settle(d, submitted, True, result),
+                         lambda failure: settle(d, submitted, False, failure))
+        return d
+
+    def _submit_direct(self, kind: str, iterations: int, submitted: float, deadline: float) -> Deferred[str]:
         # The worker hands its result straight to _settle on the reactor
         # thread: one callFromThread, the one-shot channel back.
         token = _Token()
@@ -311,6 +371,9 @@ class ThreadDispatcher(Dispatcher):
 
     def in_progress(self) -> int:
         return self.pool.working()
+
+    def pool_cpu_seconds(self) -> float | None:
+        return self.pool.cpu.seconds()
 
 
 WORKER_DIED = "worker_died"
@@ -354,16 +417,23 @@ class ProcessDispatcher(Dispatcher):
     work is pure, so running it twice is harmless.  An item that loses its
     worker a second time fails with ``Overloaded("worker_died")`` (503 and
     ``Retry-After``) rather than run a third time.
+
+    Each worker process, as it starts, writes its pid to a shared slot (its
+    CPU time is read from ``/proc`` at scrape time) and runs on its slot's
+    CPUs when ``cpus`` (``--pool-cpus``) says where.
     """
 
     kind = "processes"
 
-    def __init__(self, reactor: IReactorFromThreads, size: int, observer: WorkObserver = _ignore,
-                 **kwargs: Any) -> None:
+    def __init__(self, reactor: IReactorFromThreads, size: int, observer: WorkObserver = _ignore, *,
+                 cpus: Sequence[frozenset[int]] | None = None, **kwargs: Any) -> None:
         super().__init__(size, observer, **kwargs)
         self._reactor = reactor
         self._executor: ProcessPoolExecutor | None = None
         self.replacements = 0
+        self.cpus = cpus
+        self._slots: Any = None  # the current pool's multiprocessing.Array: started count, then pids
+        self._cpu = ProcessTimes()
 
     def startService(self) -> None:
         super().startService()
@@ -372,7 +442,10 @@ class ProcessDispatcher(Dispatcher):
         self._executor = self._new_executor()
 
     def _new_executor(self) -> ProcessPoolExecutor:
-        executor = ProcessPoolExecutor(max_workers=self.size, mp_context=multiprocessing.get_context("spawn"))
+        context = multiprocessing.get_context("spawn")
+        self._slots = context.Array("l", 1 + self.size)
+        executor = ProcessPoolExecutor(max_workers=self.size, mp_context=context,
+                                       initializer=affinity.init_pool_process, initargs=(self._slots, self.cpus))
         # Start every worker now, so the first requests do not pay for it.
         for _ in range(self.size):
             executor.submit(os.getpid)
@@ -387,6 +460,10 @@ class ProcessDispatcher(Dispatcher):
             # One line, no traceback: the items it cost are answered, not lost.
             _log.warn("dataserv process pool: a worker process died; started a new pool, "
                       "{n} items outstanding run again (once)", n=self.outstanding)
+
+    def pool_cpu_seconds(self) -> float | None:
+        slots = self._slots
+        return self._cpu.seconds(slots[1:] if slots is not None else ())
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -453,13 +530,15 @@ class ProcessDispatcher(Dispatcher):
 
 
 def make_dispatcher(
-    kind: str, reactor: IReactorFromThreads, size: int, observer: WorkObserver = _ignore, **kwargs: Any
+    kind: str, reactor: IReactorFromThreads, size: int, observer: WorkObserver = _ignore,
+    cpus: Sequence[frozenset[int]] | None = None, **kwargs: Any
 ) -> Dispatcher:
-    """Build the dispatcher named by ``--dispatch`` (``kwargs``: admission control, see Dispatcher)."""
+    """Build the dispatcher named by ``--dispatch`` (``cpus``: each pool worker's CPUs, ignored inline;
+    ``kwargs``: admission control, see Dispatcher)."""
     if kind == "inline":
         return InlineDispatcher(observer, **kwargs)
     if kind == "threads":
-        return ThreadDispatcher(reactor, size, observer, **kwargs)
+        return ThreadDispatcher(reactor, size, observer, cpus=cpus, **kwargs)
     if kind == "processes":
-        return ProcessDispatcher(reactor, size, observer, **kwargs)
+        return ProcessDispatcher(reactor, size, observer, cpus=cpus, **kwargs)
     raise ValueError(f"unknown dispatch {kind!r}")

@@ -32,6 +32,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 from dataserv.badinput import REASONS as BAD_INPUT_REASONS
+from dataserv.cputime import ThreadCpuCollector
 
 NAMESPACE = "dataserv"
 
@@ -168,6 +169,8 @@ class Metrics:
         self.info = Info(NAMESPACE, "Build and configuration.", registry=registry)
         self.backlog = ListenBacklogCollector()
         registry.register(self.backlog)
+        self.thread_cpu = ThreadCpuCollector()  # its roles' sources are added by tap.build
+        registry.register(self.thread_cpu)
         if process_collectors:
             ProcessCollector(registry=registry)
             PlatformCollector(registry=registry)

@@ -19,10 +19,11 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 import dataserv
+from dataserv import affinity, work
 from dataserv import config as _config
-from dataserv import work
 from dataserv.accesslog import AccessLog
 from dataserv.app import DataApp
+from dataserv.cputime import ThreadClocks
 from dataserv.dispatch import make_dispatcher
 from dataserv.metrics import Metrics, ReactorLagProbe
 from dataserv.site import DataSite
@@ -181,11 +182,15 @@ def build(options: Any, reactor: IReactorCore, registry: CollectorRegistry | Non
             kind=calibration.kind, iterations=calibration.iterations, ms=options["work-ms"],
             rate=calibration.iterations_per_ms, took=calibration.seconds_spent,
         )
+    reactor_cpus, pool_cpus = _placement(options)
     dispatcher = make_dispatcher(
-        options["dispatch"], reactor, options["pool-size"], metrics.work_done,
+        options["dispatch"], reactor, options["pool-size"], metrics.work_done, pool_cpus,
         max_queue=options["max-queue"], queue_timeout=options["queue-timeout-ms"] / 1000.0,
         on_skipped=lambda reason: metrics.work_skipped.labels(reason).inc(),
     )
+    # build runs on the thread that runs the reactor (twistd's main thread).
+    metrics.thread_cpu.add("reactor", ThreadClocks.of_current_thread().seconds)
+    metrics.thread_cpu.add("pool", dispatcher.pool_cpu_seconds)
     metrics.work_pool_size.set(dispatcher.size)
     metrics.work_iterations.set(calibration.iterations)
     metrics.work_queue_depth.set_function(dispatcher.queue_depth)
@@ -207,6 +212,8 @@ def build(options: Any, reactor: IReactorCore, registry: CollectorRegistry | Non
     root.app = app  # type: ignore[attr-defined]
     # Started in order, stopped in reverse: the pool is up before anything
     # listens, and listening stops before the pool does.
+    if reactor_cpus is not None:  # first: the pool's threads and processes start from a pinned reactor thread
+        ReactorCpus(reactor_cpus).setServiceParent(root)
     dispatcher.setName("dispatcher")
     dispatcher.setServiceParent(root)
     ReactorLagProbe(reactor, metrics.reactor_lag.observe).setServiceParent(root)
@@ -240,6 +247,41 @@ def build(options: Any, reactor: IReactorCore, registry: CollectorRegistry | Non
     drainer.setServiceParent(root)
     root.site = site  # type: ignore[attr-defined]
     return root
+
+
+def _placement(options: Any) -> tuple[frozenset[int] | None, tuple[frozenset[int], ...] | None]:
+    """The reactor's CPUs and each pool worker's, from ``--reactor-cpus``/``--pool-cpus`` (None: unpinned).
+
+    Read before anything is pinned: with only ``--reactor-cpus``, the pool
+    keeps the process's whole set rather than inherit the reactor's.
+    """
+    reactor_cpus, pool_cpus = options.get("reactor-cpus"), options.get("pool-cpus")
+    if reactor_cpus is None and pool_cpus is None:
+        return None, None
+    index = options.get("worker-index")
+    return (
+        affinity.reactor_cpus(reactor_cpus, None if index is None else int(index)) if reactor_cpus else None,
+        affinity.pool_placement(options["pool-size"], pool_cpus, affinity.allowed()),
+    )
+
+
+class ReactorCpus(Service):
+    """Pins every thread of the process to the reactor's CPUs when the tree starts (on the reactor thread).
+
+    Threads started afterwards inherit the mask of the thread that starts
+    them: the pool's own are pinned again as they start (``WorkThreads``,
+    the process pool's initializer).
+    """
+
+    name = "reactor-cpus"
+
+    def __init__(self, cpus: frozenset[int]) -> None:
+        self.cpus = cpus
+
+    def startService(self) -> None:
+        super().startService()
+        affinity.pin_all_threads(self.cpus)
+        _log.info("dataserv reactor on CPUs {cpus}", cpus=affinity.format_cpu_list(self.cpus))
 
 
 class Drainer(Service):
@@ -355,7 +397,13 @@ def build_supervisor(options: Any, reactor: Any) -> MultiService:
                 continue
             argv += [f"--{name}", str(options[name])]
     root = MultiService()
-    supervisor = WorkerSupervisor(reactor, argv, options["listen"], options["workers"])
+    spawn_cpus = None
+    if options.get("reactor-cpus") is not None:
+        # The parent's reactor on every reactor CPU; each worker starts on the
+        # process's whole set and takes its own (round robin) itself.
+        spawn_cpus = affinity.allowed()
+        ReactorCpus(affinity.reactor_cpus(options["reactor-cpus"], None)).setServiceParent(root)
+    supervisor = WorkerSupervisor(reactor, argv, options["listen"], options["workers"], spawn_cpus)
     supervisor.setName("supervisor")
     supervisor.setServiceParent(root)
     return root

@@ -36,7 +36,7 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
 
-from dataserv import _compat
+from dataserv import _compat, affinity
 
 _log = Logger()
 
@@ -97,8 +97,11 @@ class _Worker(ProcessProtocol):
 class WorkerSupervisor(Service):
     """Starts, restarts and stops the worker processes."""
 
-    def __init__(self, reactor: Any, argv: list[str], descriptions: list[str], workers: int) -> None:
+    def __init__(self, reactor: Any, argv: list[str], descriptions: list[str], workers: int,
+                 spawn_cpus: frozenset[int] | None = None) -> None:
         self.reactor = reactor
+        # The CPUs a worker starts on (the process's whole set) when the parent's reactor is pinned.
+        self.spawn_cpus = spawn_cpus
         self.argv = argv  # the dataserv options for the children, without --listen / --workers
         self.descriptions = descriptions
         self.count = workers
@@ -151,7 +154,9 @@ class WorkerSupervisor(Service):
                 "--worker-index", str(index), "--metrics-dir", self.metrics_dir]
         protocol = _Worker(self, index)
         self.protocols[index] = protocol
-        self.processes[index] = self.reactor.spawnProcess(protocol, TWISTD, argv, env=os.environ, childFDs=child_fds)
+        with affinity.starting_children_on(self.spawn_cpus):
+            self.processes[index] = self.reactor.spawnProcess(protocol, TWISTD, argv, env=os.environ,
+                                                              childFDs=child_fds)
         _log.info("dataserv worker {index} started (pid {pid})", index=index, pid=self.processes[index].pid)
 
     def worker_ended(self, protocol: _Worker, reason: Any) -> None:

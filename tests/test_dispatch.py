@@ -194,3 +194,139 @@ def test_work_threads_hand_back_failures_and_survive_a_failing_callback() -> Non
     assert ok2 and value == 7  # the thread outlived the broken callback
     assert any(e.get("log_failure") is not None and e["log_failure"].check(RuntimeError) for e in logged)
     assert not any(t.is_alive() for t in pool.threads)
+
+
+@pytest_twisted.inlineCallbacks
+def test_defer_to_thread_pool_drives_work_threads() -> None:
+    """WorkThreads is a pool deferToThreadPool can use: results (keyword arguments too) and exceptions
+    come back on the reactor thread, as the Deferred's result or failure."""
+    from twisted.internet.threads import deferToThreadPool
+
+    from dataserv.dispatch import WorkThreads
+
+    pool = WorkThreads(2, "test-dttp")
+    pool.start()
+    try:
+        ran_in: list[str] = []
+
+        def job(a: int, b: int = 0) -> int:
+            ran_in.append(threading.current_thread().name)
+            return a * 10 + b
+
+        def boom() -> None:
+            raise ValueError("boom")
+
+        assert (yield deferToThreadPool(reactor, pool, job, 4, b=2)) == 42
+        assert (yield deferToThreadPool(reactor, pool, work.run, "pbkdf2", 10)) == work.run("pbkdf2", 10)
+        with pytest.raises(ValueError, match="boom"):
+            yield deferToThreadPool(reactor, pool, boom)
+        assert ran_in == ["test-dttp-0"] or ran_in == ["test-dttp-1"]
+    finally:
+        pool.stop()
+
+
+def _thread_dispatcher(via: bool, monkeypatch: pytest.MonkeyPatch, **kwargs) -> tuple[ThreadDispatcher, list]:
+    """A started one-thread ThreadDispatcher on either path; the list records deferToThreadPool's calls."""
+    from dataserv import dispatch
+
+    calls: list = []
+    real = dispatch.deferToThreadPool
+
+    def recording(*args, **kw):
+        calls.append(args)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(dispatch, "deferToThreadPool", recording)
+    dispatcher = ThreadDispatcher(reactor, 1, via_defer_to_thread_pool=via, **kwargs)
+    dispatcher.startService()
+    return dispatcher, calls
+
+
+_PATHS = pytest.mark.parametrize("via", [True, False], ids=["deferToThreadPool", "direct"])
+
+
+@_PATHS
+@pytest_twisted.inlineCallbacks
+def test_thread_dispatch_success_and_failure_on_both_paths(via: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Either path answers the digest and its timing, and an exception in the work as the Deferred's failure;
+    the deferToThreadPool path calls twisted.internet.threads.deferToThreadPool once per item, the direct one never."""
+    from dataserv import dispatch
+
+    timings: list = []
+    dispatcher, calls = _thread_dispatcher(via, monkeypatch, observer=lambda *t: timings.append(t))
+    try:
+        done = yield dispatcher.submit("pbkdf2", 50)
+        assert done.digest == work.run("pbkdf2", 50)
+        assert done.submitted <= done.started < done.finished and len(timings) == 1
+
+        def broken(*args):
+            raise ZeroDivisionError("in the work")
+
+        monkeypatch.setattr(work, "guarded_run", broken)
+        with pytest.raises(ZeroDivisionError):
+            yield dispatcher.submit("pbkdf2", 50)
+        assert dispatcher.outstanding == 0
+    finally:
+        yield dispatcher.stopService()
+    assert len(calls) == (2 if via else 0)
+    assert all(args[0] is reactor and args[1] is dispatcher.pool for args in calls)
+    assert dispatch.VIA_DEFER_TO_THREAD_POOL is True  # the default path is deferToThreadPool
+    assert ThreadDispatcher(reactor, 1).via_defer_to_thread_pool is True
+
+
+@_PATHS
+@pytest_twisted.inlineCallbacks
+def test_thread_dispatch_cancel_before_start_skips_the_work(via: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cancelled while it waits (the client went away): the Deferred fails with CancelledError at once, the
+    work never runs, and the skip is counted (client_gone) once the worker reaches it."""
+    from twisted.internet.defer import CancelledError
+
+    ran: list[int] = []
+    real = work._FUNCTIONS["pbkdf2"]
+    monkeypatch.setitem(work._FUNCTIONS, "pbkdf2", lambda n: ran.append(n) or real(n))
+    skipped: list[str] = []
+    dispatcher, calls = _thread_dispatcher(via, monkeypatch, on_skipped=skipped.append)
+    release = threading.Event()
+    try:
+        dispatcher.pool.call(lambda ok, result: None, release.wait)  # occupy the only worker
+        d = dispatcher.submit("pbkdf2", 77)
+        errors: list = []
+        d.addErrback(errors.append)
+        d.cancel()
+        assert errors and errors[0].check(CancelledError)
+        release.set()
+        for _ in range(500):
+            if dispatcher.outstanding == 0:
+                break
+            yield _sleep(0.01)
+        assert dispatcher.outstanding == 0
+        assert skipped == ["client_gone"]
+        assert 77 not in ran
+    finally:
+        release.set()
+        yield dispatcher.stopService()
+    assert len(calls) == (1 if via else 0)
+
+
+@_PATHS
+@pytest_twisted.inlineCallbacks
+def test_thread_dispatch_queue_timeout(via: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An item a worker reaches after the queue timeout is not run and fails with Overloaded("queue_timeout");
+    one reached in time runs."""
+    from dataserv.dispatch import Overloaded
+
+    dispatcher, calls = _thread_dispatcher(via, monkeypatch, queue_timeout=0.05)
+    release = threading.Event()
+    try:
+        assert (yield dispatcher.submit("pbkdf2", 5)).digest == work.run("pbkdf2", 5)  # in time
+        dispatcher.pool.call(lambda ok, result: None, release.wait)  # occupy the only worker
+        d = dispatcher.submit("pbkdf2", 5)
+        yield _sleep(0.15)  # past the 50 ms timeout while it waits
+        release.set()
+        with pytest.raises(Overloaded) as info:
+            yield d
+        assert info.value.reason == "queue_timeout"
+    finally:
+        release.set()
+        yield dispatcher.stopService()
+    assert len(calls) == (2 if via else 0)
