@@ -186,11 +186,29 @@ def _until(read, ok, what: str, timeout: float = 15):
         time.sleep(0.05)
 
 
-def _split(pid: int, pool_threads: int) -> tuple[str, list[str]]:
-    """The main (reactor) thread's list and the other threads' lists, once the pool's threads exist."""
-    threads = _until(lambda: _threads(pid), lambda t: len(t) >= 1 + pool_threads, "the pool's threads")
-    main = threads.pop(pid)
-    return main, sorted(threads.values())
+def _eventually(check, timeout: float = 15) -> None:
+    """Run ``check`` (it asserts) until it passes: a worker appears a moment before it has pinned itself."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            check()
+            return
+        except (AssertionError, OSError):  # OSError: a thread or process gone between listing and reading
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _check_threads(pid: int, main: str, pool: list[str]) -> None:
+    """The main (reactor) thread of ``pid`` on ``main``; threads on each of ``pool`` (the pool's); the rest on ``main``."""
+    threads = _threads(pid)
+    assert threads.pop(pid) == main, (pid, main)
+    rest = sorted(threads.values())
+    extra = list(rest)
+    for expected in pool:  # the pool's threads ...
+        assert expected in extra, (rest, pool)
+        extra.remove(expected)
+    assert all(cpus == main for cpus in extra), (rest, main)  # ... and everything else is the reactor's
 
 
 _FAST = ("--work-ms", "1", "--work-iterations", "100")
@@ -218,13 +236,7 @@ def test_threads_run_where_the_options_say(tmp_path: Path, args: list[str], main
     server = Twistd(tmp_path, "--dispatch", "threads", "--pool-size", "2", *_FAST, *args)
     try:
         assert server.get("/data")[0] == 200
-        reactor_list, rest = _split(server.proc.pid, 2)
-        assert reactor_list == main
-        extra = list(rest)
-        for expected in others:  # the pool's two threads ...
-            assert expected in extra, (rest, others)
-            extra.remove(expected)
-        assert all(cpus == main for cpus in extra), (rest, main)  # ... and everything else is the reactor's
+        _eventually(lambda: _check_threads(server.proc.pid, main, others))
     finally:
         assert server.terminate() == 0
 
@@ -247,9 +259,13 @@ def test_processes_pin_themselves(tmp_path: Path, pool_args: list[str], expected
         workers = [c for c in children if any("spawn_main" in arg for arg in _cmdline(c))]
         helpers = children - set(workers)
         assert len(workers) == 2, {c: _cmdline(c) for c in children}
-        assert sorted(_status(w, w) for w in workers) == expected
-        assert all(set(_threads(w).values()) == {_status(w, w)} for w in workers)
-        assert all(set(_threads(h).values()) == {"1"} for h in helpers)
+
+        def check() -> None:
+            assert sorted(_status(w, w) for w in workers) == expected
+            assert all(set(_threads(w).values()) == {_status(w, w)} for w in workers)
+            assert all(set(_threads(h).values()) == {"1"} for h in helpers)
+
+        _eventually(check)
     finally:
         assert server.terminate() == 0
 
@@ -283,13 +299,7 @@ def test_workers_take_the_reactor_cpus_round_robin(tmp_path: Path, args: list[st
         by_index = {_worker_index(w): w for w in workers}
         assert sorted(by_index) == [0, 1]
         for index, w in sorted(by_index.items()):
-            main, rest = _split(w, 2)
-            assert main == worker_reactor[index], (index, main)
-            extra = list(rest)
-            for expected in pool:
-                assert expected in extra, (index, rest, pool)
-                extra.remove(expected)
-            assert all(cpus == main for cpus in extra), (index, rest)
+            _eventually(lambda w=w, index=index: _check_threads(w, worker_reactor[index], pool))
         assert server.get("/data")[0] == 200
     finally:
         assert server.terminate() == 0
