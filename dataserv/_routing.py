@@ -21,7 +21,9 @@ line at most (:mod:`dataserv.badinput`).
 
 A static route's handler may answer ``bytes``, ``str`` or a ``Deferred`` of
 them; other results (Klein ``Response`` objects, resources, templates) are
-for Klein's full path and are reported as an error here.
+for Klein's full path and are reported as an error here.  An error handler
+may also answer ``NOT_DONE_YET`` once it has written and finished the
+response itself (the app's 503, ``MeteredRequest.shed``).
 """
 
 from __future__ import annotations
@@ -181,6 +183,8 @@ class FastKleinResource(KleinResource):
                 if isinstance(result, Deferred):
                     result.addCallbacks(self._write, self._async_failed, callbackArgs=(request,),
                                         errbackArgs=(request,))
+                    return NOT_DONE_YET
+                if result is NOT_DONE_YET:  # the handler answered (and finished) the request itself
                     return NOT_DONE_YET
                 return self._body(result, request)
         request.processingFailed(failure)

@@ -9,6 +9,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from dataserv._routing import FastKleinResource
@@ -73,11 +74,36 @@ class DataApp:
         self.calibration = calibration
         self.max_work_ms = max_work_ms
         self.ready = True  # /readyz: 503 from the moment a drain starts (its grace included)
+        # Whether /data must wait or be shed now: the dispatcher's full queue, or with
+        # --overload-policy pause also requests parked before it (overload.QueuePause.full).
+        self.queue_full = dispatcher.full
         self.draining = False  # /data: 503 draining once listening has stopped
 
     def resource(self) -> FastKleinResource:
         """The app as a twisted.web resource (static routes on the fast path)."""
         return FastKleinResource(self.app)
+
+    def refuse(self, request: IRequest) -> str | None:
+        """Why a request cannot be routed now (``draining``, ``queue_full``), or None.
+
+        The site asks this of every request before routing it, so that the
+        answer an overloaded server gives most is the cheapest one
+        (``MeteredRequest.shed``: no routing, no Deferred, no Failure), or,
+        for ``queue_full`` under ``--overload-policy pause``, so that the
+        request is parked until the queue has room.  It answers for ``/data``
+        only; the other routes are served while overloaded.  A full queue is
+        refused before ``?work_ms=`` is checked.
+        """
+        if request.path != b"/data" or request.method not in (b"GET", b"HEAD"):
+            return None
+        if self.draining:
+            reason = "draining"
+        elif self.queue_full():
+            reason = "queue_full"
+        else:
+            return None
+        request.route = "/data"
+        return reason
 
     @app.route("/data", methods=["GET"])
     def data(self, request: IRequest) -> Deferred[bytes] | bytes:
@@ -123,14 +149,17 @@ class DataApp:
         request.setHeader(b"content-type", content_type.encode("ascii"))
         return body
 
-    def _shed(self, request: IRequest, reason: str) -> bytes:
-        """503 with Retry-After, counted by reason: the client should come back, not wait here."""
-        self.metrics.requests_shed.labels(reason).inc()
-        request.setHeader(b"retry-after", b"1")
-        return _plain(request, 503, f"overloaded: {reason.replace('_', ' ')}")
+    def _shed(self, request: IRequest, reason: str) -> int:
+        """503 with Retry-After, counted by reason: the client should come back, not wait here.
+
+        The request writes it (pre-built bytes, ``MeteredRequest.shed``), as
+        for a request refused before routing (:meth:`refuse`).
+        """
+        request.shed(reason)
+        return NOT_DONE_YET
 
     @app.handle_errors(Overloaded)
-    def _overloaded(self, request: IRequest, failure: Failure) -> bytes:
+    def _overloaded(self, request: IRequest, failure: Failure) -> int:
         return self._shed(request, failure.value.reason)
 
     @app.handle_errors(NotFound)

@@ -10,6 +10,7 @@ from typing import Any
 
 from dataserv import affinity
 from dataserv.dispatch import DISPATCH_KINDS
+from dataserv.overload import POLICIES as OVERLOAD_POLICIES
 from dataserv.work import KINDS as WORK_KINDS
 
 DEFAULT_LISTEN = "tcp:8080:backlog=1024"
@@ -97,6 +98,13 @@ OPTIONS: dict[str, tuple[str | None, Callable[[str, str], Any], str]] = {
                   "Work items waiting for a worker before new /data requests get 503; 0 = unbounded."),
     "queue-timeout-ms": ("2000", _non_negative_float,
                          "Work that waited longer than this gets 503 without running; 0 = never."),
+    "overload-policy": ("shed", _choice(*OVERLOAD_POLICIES),
+                        "At --max-queue: shed (answer new /data requests 503 + Retry-After) or pause (stop "
+                        "accepting connections, which wait in the kernel backlog, and park the requests of open "
+                        "ones, until --queue-low-water)."),
+    "queue-low-water": (None, _non_negative_int,
+                        "With --overload-policy pause: resume accepting once this many work items or fewer "
+                        "wait (default: half of --max-queue); below --max-queue."),
     "max-connections": ("10000", _positive_int,
                         "Open connections at which the server stops accepting until one closes."),
     "idle-timeout": ("15", _non_negative_float, "Seconds before an idle keep-alive connection is closed."),
@@ -170,6 +178,13 @@ def resolve(cli: Mapping[str, Any], listen: list[str], file_values: Mapping[str,
         resolved["pool-size"] = os.cpu_count() or 1
     if resolved["dispatch"] == "inline":
         resolved["pool-size"] = 1
+    low_water, max_queue = resolved["queue-low-water"], resolved["max-queue"]
+    if resolved["overload-policy"] == "pause" and not max_queue:
+        raise ConfigError("--overload-policy pause needs a --max-queue above 0 (the mark at which it pauses)")
+    if low_water is not None and not max_queue:
+        raise ConfigError(f"--queue-low-water {low_water} needs a --max-queue above 0 (0 = unbounded)")
+    if low_water is not None and not low_water < max_queue:
+        raise ConfigError(f"--queue-low-water must be below --max-queue ({max_queue}), got {low_water}")
     if resolved["work-iterations"] is not None and resolved["work-ms"] <= 0:
         raise ConfigError("--work-iterations needs a --work-ms above 0 (the time those iterations stand for)")
     resolved["listen"] = list(listen) or list(file_values.get("listen") or [DEFAULT_LISTEN])

@@ -15,12 +15,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
 from dataserv import _compat
+from dataserv.overload import AcceptGate
 
 
 class DataChannel(HTTPChannel):
@@ -187,7 +188,7 @@ class TimeoutSweeper:
 
 
 class ConnectionLimit:
-    """``--max-connections``: stop reading the listening sockets at the limit, resume below it.
+    """``--max-connections``: hold the site's :class:`~dataserv.overload.AcceptGate` at the limit, release below it.
 
     Not ``policies.LimitTotalConnectionsFactory``, which accepts the excess
     connection and then closes it: here the excess waits in the kernel's
@@ -195,21 +196,15 @@ class ConnectionLimit:
     count can pass the limit by at most one batch.
     """
 
-    def __init__(self, limit: int, set_accepting: Any) -> None:
+    def __init__(self, limit: int, gate: AcceptGate) -> None:
         self.limit = limit
-        self.ports: list[IListeningPort] = []
+        self.gate = gate
         self.paused = False
-        self._set_accepting = set_accepting
 
     def update(self, open_connections: int) -> None:
         if not self.paused and open_connections >= self.limit:
             self.paused = True
-            for port in self.ports:
-                port.stopReading()
-            self._set_accepting(0)
+            self.gate.pause("connections")
         elif self.paused and open_connections < self.limit:
             self.paused = False
-            for port in self.ports:
-                if getattr(port, "connected", True):
-                    port.startReading()
-            self._set_accepting(1)
+            self.gate.resume("connections")

@@ -105,11 +105,21 @@ class Dispatcher(Service):
         self.submitted = 0
         self.completed = 0
 
+    # Called on the reactor thread with the queue depth (outstanding - size) after each submission and
+    # completion: --overload-policy pause (overload.QueuePause).
+    on_depth: Callable[[int], None] | None = None
+
+    def full(self) -> bool:
+        """Whether a submission now would fail with ``queue_full``."""
+        return bool(self.max_queue) and self.outstanding - self.size >= self.max_queue
+
     def submit(self, kind: str, iterations: int) -> Deferred[WorkDone]:
         """Queue one item of work; the Deferred fires with its digest and timing."""
-        if self.max_queue and self.outstanding - self.size >= self.max_queue:
+        if self.full():
             return fail(Overloaded("queue_full"))
         self.submitted += 1
+        if self.on_depth is not None:
+            self.on_depth(self.outstanding - self.size)
         submitted = time.monotonic()
         deadline = submitted + self.queue_timeout if self.queue_timeout else 0.0
         return self._submit(kind, iterations, submitted, deadline)
@@ -125,7 +135,7 @@ class Dispatcher(Service):
         skipped) when ``ok``, else the exception or Failure.  A Deferred
         cancelled meanwhile (the client went away) is left as it is.
         """
-        self.completed += 1
+        self._complete()
         if not ok:
             if not d.called:
                 d.errback(result)
@@ -143,6 +153,11 @@ class Dispatcher(Service):
     def _skipped(self, reason: str) -> None:
         if reason == work.CLIENT_GONE and self.on_skipped is not None:
             self.on_skipped(reason)
+
+    def _complete(self) -> None:
+        self.completed += 1
+        if self.on_depth is not None:
+            self.on_depth(self.outstanding - self.size)
 
     @property
     def outstanding(self) -> int:
@@ -498,7 +513,7 @@ class ProcessDispatcher(Dispatcher):
 
     def _settle_future(self, item: _PoolItem, future: Future[Any]) -> None:
         if future.cancelled():
-            self.completed += 1  # cancelled before it ran; d was cancelled with it
+            self._complete()  # cancelled before it ran; d was cancelled with it
             self._skipped(work.CLIENT_GONE)
             return
         error = future.exception()

@@ -166,6 +166,11 @@ class Metrics:
         )
         self.accepting = Gauge("accepting", "1 while reading the listening sockets, 0 while paused.", **kw)
         self.accepting.set(1)
+        self.accept_pauses = Counter(
+            "accept_pauses", "Times a cause (a full queue, the connection limit) paused accepting.", ["reason"], **kw
+        )
+        for reason in ("queue", "connections"):
+            self.accept_pauses.labels(reason)
         self.info = Info(NAMESPACE, "Build and configuration.", registry=registry)
         self.backlog = ListenBacklogCollector()
         registry.register(self.backlog)

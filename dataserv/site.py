@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -10,9 +11,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from dataserv import _compat
 from dataserv.badinput import BadInput
 from dataserv.connections import ConnectionLimit, DataChannel, TimeoutSweeper
 from dataserv.metrics import Metrics
+from dataserv.overload import SHED_REASONS, AcceptGate, QueuePause, shed_response
 
 UNMATCHED_ROUTE = "unmatched"
 
@@ -54,6 +57,8 @@ class MeteredRequest(Request):
     pendingWork: Deferred[Any] | None = None
     # Work submitted to work started, seconds, when the request ran work (for the access log).
     queue_wait: float | None = None
+    # Why it was answered 503 by :meth:`shed`; None for any other answer.
+    shed_reason: str | None = None
     _counted = False
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
@@ -68,7 +73,48 @@ class MeteredRequest(Request):
         self.received = site.seconds()
         self._counted = True
         site.in_flight += 1
+        refuse = site.refuse
+        if refuse is not None:
+            reason = refuse(self)
+            if reason is not None:
+                self.site = site
+                if reason == "queue_full" and site.parking is not None:
+                    site.parking.park(self)  # --overload-policy pause: served when the queue has room
+                else:
+                    self.shed(reason)
+                return
         super().process()
+
+    def unpark(self) -> None:
+        """Route and serve a request that was parked while the queue was full (``overload.QueuePause``)."""
+        super().process()
+
+    @property
+    def gone(self) -> bool:
+        """Answered already, or its client went away."""
+        return bool(self.finished) or _compat.client_gone(self)
+
+    def shed(self, reason: str) -> None:
+        """Answer 503 + ``Retry-After`` from pre-built bytes (``overload.shed_response``), counted by reason.
+
+        No routing, ``Headers``, ``Date`` or Deferred, and no access-log line
+        (the counters say it all): this is the answer an overloaded server
+        gives most, so it is the one that must cost least.
+        """
+        channel = self.channel
+        site = self._data_site
+        if site.draining:
+            channel.persistent = False
+        self.shed_reason = reason
+        self.code = 503
+        self.code_message = b"Service Unavailable"
+        self.startedWriting = 1  # the head is in the bytes below: Request.finish must not write one
+        site.count_shed[reason]()
+        answer = shed_response(reason, self.clientproto, not channel.persistent)
+        if self.method == b"HEAD":
+            answer = answer[: answer.index(b"\r\n\r\n") + 4]
+        channel.write(answer)
+        self.finish()
 
     def connectionLost(self, reason: object) -> None:
         super().connectionLost(reason)
@@ -111,6 +157,7 @@ class DataSite(Site):
         body_timeout: float = 0.0,
         max_connections: int = 0,
         access_log: Any = None,
+        refuse: Callable[[MeteredRequest], str | None] | None = None,
         **kwargs: Any,
     ) -> None:
         # timeout=None: twisted.web's per-connection idle timer is off; the
@@ -122,7 +169,13 @@ class DataSite(Site):
         self.seconds = clock.seconds
         self.request_finished = metrics.request_finished
         self.access_log = access_log
-        self.limit = ConnectionLimit(max_connections, metrics.accepting.set) if max_connections else None
+        # Asked before routing: a reason to answer 503 at once (MeteredRequest.shed), or None.
+        self.refuse = refuse
+        self.count_shed = {reason: metrics.requests_shed.labels(reason).inc for reason in SHED_REASONS}
+        self.gate = AcceptGate(metrics.accepting, lambda cause: metrics.accept_pauses.labels(cause).inc())
+        self.limit = ConnectionLimit(max_connections, self.gate) if max_connections else None
+        # --overload-policy pause: parks /data requests that find the queue full (set by tap.build).
+        self.parking: QueuePause | None = None
         self.channels: set[DataChannel] = set()
         self.sweeper = TimeoutSweeper(clock, self.channels, header_timeout, idle_timeout, body_timeout)
         self.bad_input = BadInput(metrics.bad_requests, clock)
@@ -163,6 +216,8 @@ class DataSite(Site):
     def start_draining(self) -> None:
         """From now on: answer with ``Connection: close``; close every connection with nothing in flight."""
         self.draining = True
+        if self.parking is not None:
+            self.parking.flush("draining")
         for channel in list(self.channels):
             if channel.idle:
                 channel.loseConnection()
@@ -179,9 +234,10 @@ class DataSite(Site):
         """twisted.web's per-request log hook: ours (``--access-log``) or nothing.
 
         twisted.web's own access log (one line written per request, on the
-        response path) is never used.
+        response path) is never used.  Shed requests (503 overloaded) are
+        counted, not logged: under overload a line each would add to the load.
         """
         access = self.access_log
-        if access is not None:
+        if access is not None and request.shed_reason is None:
             received = request.received
             access.record(request, request.route, self.seconds() - received, received)

@@ -26,6 +26,7 @@ from dataserv.app import DataApp
 from dataserv.cputime import ThreadClocks
 from dataserv.dispatch import make_dispatcher
 from dataserv.metrics import Metrics, ReactorLagProbe
+from dataserv.overload import QueuePause
 from dataserv.site import DataSite
 
 _log = Logger()
@@ -133,9 +134,9 @@ class ListenerService(Service):
         self.address = f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}"
         if hasattr(port, "socket"):
             self.metrics.backlog.add(self.address, lambda: port.socket)
-        limit = getattr(self.factory, "limit", None)
-        if limit is not None:
-            limit.ports.append(port)
+        gate = getattr(self.factory, "gate", None)
+        if gate is not None:
+            gate.add(port)
         _log.info("dataserv listening on {address} ({description})", address=self.address,
                   description=self.description)
         return port
@@ -147,9 +148,9 @@ class ListenerService(Service):
         if port is None:
             return None
         self.metrics.backlog.remove(self.address)
-        limit = getattr(self.factory, "limit", None)
-        if limit is not None and port in limit.ports:
-            limit.ports.remove(port)
+        gate = getattr(self.factory, "gate", None)
+        if gate is not None:
+            gate.remove(port)
         return maybeDeferred(port.stopListening)
 
 
@@ -205,7 +206,12 @@ def build(options: Any, reactor: IReactorCore, registry: CollectorRegistry | Non
     site = DataSite(app.resource(), metrics, reactor, idle_timeout=options["idle-timeout"],
                     header_timeout=options["header-timeout"], body_timeout=options["body-timeout"],
                     max_connections=options["max-connections"],
-                    access_log=access_log)
+                    access_log=access_log, refuse=app.refuse)
+    if options["overload-policy"] == "pause" and dispatcher.max_queue:
+        high, low = dispatcher.max_queue, options["queue-low-water"]
+        site.parking = dispatcher.on_depth = QueuePause(
+            site.gate, high, high // 2 if low is None else low, reactor, dispatcher.full, dispatcher.queue_timeout)
+        app.queue_full = site.parking.full
 
     root = OrderedMultiService()
     root.metrics = metrics  # type: ignore[attr-defined]
@@ -343,7 +349,7 @@ class Drainer(Service):
             yield deferLater(self.reactor, self.grace, lambda: None)
         _log.info("dataserv draining: {n} requests in flight, up to {t} s", n=self.site.in_flight, t=self.timeout)
         self.app.draining = True
-        self.metrics.accepting.set(0)
+        self.site.gate.close()
         for listener in self.listeners:
             yield maybeDeferred(listener.stopService)
         self.site.start_draining()
