@@ -49,7 +49,13 @@ class Twistd:
              "--listen", "tcp:0:interface=127.0.0.1", *args],
             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
-        self.port = self._wait_for_port()
+        try:
+            self.port = self._wait_for_port()
+        except BaseException:
+            if self.proc.poll() is None:  # it did not start: leave nothing running
+                self.proc.kill()
+                self.proc.wait()
+            raise
 
     def _wait_for_port(self) -> int:
         deadline = time.monotonic() + 30
@@ -292,7 +298,7 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path: Path) -> None:
 def test_drain_grace_serves_with_readyz_503_then_drains(tmp_path: Path) -> None:
     """--drain-grace: after SIGTERM /readyz answers 503 at once, while new connections are still accepted and
     /data is served (200, keep-alive) until the grace ends; then listening stops and the process exits 0."""
-    server = Twistd(tmp_path, "--work-ms", "1", "--drain-grace", "3")
+    server = Twistd(tmp_path, "--work-ms", "1", "--drain-grace", "5")
     try:
         started = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
@@ -302,13 +308,13 @@ def test_drain_grace_serves_with_readyz_503_then_drains(tmp_path: Path) -> None:
         conn.request("GET", "/data")
         data = conn.getresponse()
         data.read()
-        in_grace = time.monotonic() - started < 3
+        in_grace = time.monotonic() - started < 5
         conn.close()
         assert readyz[0] == 503 and readyz[2] == "draining\n"
         assert data.status == 200 and data.getheader("Connection") is None  # not yet draining
         assert in_grace, "the checks took longer than the grace: nothing shown"
         _wait_for_log(server, "dataserv draining")
-        assert time.monotonic() - started >= 2.9
+        assert time.monotonic() - started >= 4.9
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
         assert server.proc.wait(15) == 0
