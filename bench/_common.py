@@ -31,11 +31,23 @@ def server(argv: list[str], port: int, ready_path: str = "/healthz") -> ChildSer
     return ChildServer(argv, port=port, ready_path=ready_path, cwd="/tmp")
 
 
-def dataserv(*args: str) -> ChildServer:
-    """``twistd -n dataserv`` on a free loopback port (backlog 1024), its log discarded."""
+# twistd with threads dispatch's path chosen (a benchmark-only switch: dataserv.dispatch.VIA_DEFER_TO_THREAD_POOL,
+# set before the service is built).
+_PATH = ("import sys, dataserv.dispatch as d; d.VIA_DEFER_TO_THREAD_POOL = {}; "
+         "from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()")
+
+
+def dataserv(*args: str, direct: bool | None = None) -> ChildServer:
+    """``twistd -n dataserv`` on a free loopback port (backlog 1024), its log discarded.
+
+    ``direct``: True, threads dispatch calls the pool directly; False, through ``deferToThreadPool``;
+    None, the default path.
+    """
     port = free_port()
-    return server(dataserv_argv(args, listen=[f"tcp:{port}:interface=127.0.0.1:backlog=1024"], logfile="/dev/null"),
-                  port)
+    argv = dataserv_argv(args, listen=[f"tcp:{port}:interface=127.0.0.1:backlog=1024"], logfile="/dev/null")
+    if direct is not None:
+        argv = [sys.executable, "-c", _PATH.format(not direct), *argv[1:]]
+    return server(argv, port)
 
 
 def bare(*args: str) -> ChildServer:

@@ -12,7 +12,9 @@ run, taken back to back:
 * inline dispatch against the one-core ceiling (one thread);
 * fixed cost: dataserv's /healthz against a bare twisted.web Resource answering
   the same bytes synchronously, and /data?work_ms=0 against a bare Resource
-  answering through deferToThreadPool on a dedicated pool.
+  answering through deferToThreadPool on a dedicated pool; and dataserv's
+  threads dispatch through deferToThreadPool against the same
+  pool called directly (the default).
 """
 
 from __future__ import annotations
@@ -78,6 +80,11 @@ def main() -> None:
                 add("dataserv /healthz rps", wrk(s.url("/healthz"), seconds=secs, connections=conns)["rps"])
                 add("dataserv /data?work_ms=0 rps",
                     wrk(s.url("/data?work_ms=0"), seconds=secs, connections=conns)["rps"])
+            # deferToThreadPool against calling the pool directly (the default path), same run.
+            with dataserv("--dispatch", "threads", "--pool-size", str(cores), direct=False) as s:
+                wrk(s.url("/data?work_ms=0"), seconds=1, connections=conns)
+                add("dataserv deferToThreadPool /data?work_ms=0 rps",
+                    wrk(s.url("/data?work_ms=0"), seconds=secs, connections=conns)["rps"])
             with bare("--pool-size", str(cores), "--iterations", "0") as b:
                 wrk(b.url("/healthz"), seconds=1, connections=conns)
                 add("bare /healthz rps", wrk(b.url("/healthz"), seconds=secs, connections=conns)["rps"])
@@ -98,6 +105,8 @@ def main() -> None:
             "/healthz dataserv / bare": ("dataserv /healthz rps", "bare /healthz rps"),
             "/data?work_ms=0 dataserv / bare threadpool": ("dataserv /data?work_ms=0 rps",
                                                            "bare /data (threadpool) rps"),
+            "/data?work_ms=0 deferToThreadPool / direct": ("dataserv deferToThreadPool /data?work_ms=0 rps",
+                                                          "dataserv /data?work_ms=0 rps"),
         })
     ratios = {name: median_ratio(samples[a], samples[b]) for name, (a, b) in pairs.items()}
     print("\nmedians:")

@@ -317,11 +317,13 @@ class WorkThreads:
 # twisted.internet.threads.deferToThreadPool(reactor, pool, ...), as the
 # design names the "remote core" (a Deferred and two callbacks more per item).
 # False: straight to WorkThreads.call, with a result callback that does one
-# callFromThread to _settle (the path BENCHMARKS.md measured before).  Not a
-# user option: it exists so that a benchmark can compare the two paths, by
-# setting this before the dispatcher is built or passing
-# ``via_defer_to_thread_pool`` to ThreadDispatcher.
-VIA_DEFER_TO_THREAD_POOL = True
+# callFromThread to _settle.  Deliberately not the framework's mechanism by
+# default: measured (bench/dispatch_path_bench.py, BENCHMARKS.md, 6 alternating
+# runs) deferToThreadPool costs the reactor 1.07x the CPU per /data?work_ms=0
+# request (about 5 us more) and 0.92x the rate.  Not a user option: kept, and
+# tested, so that a benchmark can compare the two paths, by setting this before
+# the dispatcher is built or passing ``via_defer_to_thread_pool`` to ThreadDispatcher.
+VIA_DEFER_TO_THREAD_POOL = False
 
 
 class ThreadDispatcher(Dispatcher):
