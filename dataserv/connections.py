@@ -121,23 +121,24 @@ class DataChannel(HTTPChannel):
         """No request in progress and none partly received."""
         return not _compat.handling_request(self) and self._head_since is None and self._body_since is None
 
+    def _cut(self, counter: Any, part: str) -> None:
+        """A request head or body did not arrive in time: count, log (rate-limited) and abort."""
+        counter.inc()
+        self.site.bad_input.note(f"closing {self._peer()}: request {part} not complete in time")
+        if self.transport is not None:
+            self.transport.abortConnection()
+
     def check_timeouts(self, now: float, header_timeout: float, idle_timeout: float,
                        body_timeout: float = 0.0) -> None:
         """Close the connection if its request head, body or idleness has lasted too long (0: no limit)."""
         if self._body_since is not None:
             if body_timeout and now - self._body_since >= body_timeout:
                 self._body_since = None
-                self.site.metrics.body_timeouts.inc()
-                self.site.bad_input.note(f"closing {self._peer()}: request body not complete in time")
-                if self.transport is not None:
-                    self.transport.abortConnection()
+                self._cut(self.site.metrics.body_timeouts, "body")
         elif self._head_since is not None:
             if header_timeout and now - self._head_since >= header_timeout:
                 self._head_since = None
-                self.site.metrics.header_timeouts.inc()
-                self.site.bad_input.note(f"closing {self._peer()}: request head not complete in time")
-                if self.transport is not None:
-                    self.transport.abortConnection()
+                self._cut(self.site.metrics.header_timeouts, "head")
             # else a head is arriving: it is not idle
         elif (idle_timeout and not _compat.handling_request(self) and now - self._last_seen >= idle_timeout
               and not _compat.closing(self)):
