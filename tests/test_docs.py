@@ -259,6 +259,7 @@ def produced_result(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         reactor.advance(0.001)
     steps = done.result
     assert steps[0].ok > 0 and steps[0].server is not None and steps[0].timeseries
+    steps[0].refined = True  # as sweep --refine marks the steps of its bisection
     result = RunResult(target="http://127.0.0.1:8080/data", model="open", connection="close",
                        started_at="2026-11-29T12:00:00+00:00", steps=steps)
     knee = find_knee(steps, 1000.0)

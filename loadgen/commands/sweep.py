@@ -26,6 +26,9 @@ def configure(sweep_parser: argparse.ArgumentParser) -> None:
     sweep_parser.add_argument("--knee-p99", metavar="DURATION",
                               help="p99 limit for the knee (default: the first --stop-when latency, else "
                                    f"{DEFAULT_KNEE_LIMIT})")
+    sweep_parser.add_argument("--refine", type=int, default=0, metavar="N",
+                              help="N more steps bisecting between the knee and the first failing step above "
+                                   "it (default 0: the knee is the best grid step)")
     sweep_parser.add_argument("--plot", metavar="FILE.png", help="write the sweep plot here")
     sweep_parser.add_argument("--slo", action="append", default=[], metavar="EXPR", help="checked at the knee step")
 
@@ -48,6 +51,8 @@ def main(args: argparse.Namespace) -> int:
     stops = _common.conditions(args.stop_when, "--stop-when", parse_stop_when)
     slos = _common.conditions(args.slo, "--slo", parse_slo)
     limit = knee_limit_ms(args.knee_p99, stops)
+    if args.refine < 0:
+        raise UsageError(f"--refine must be 0 or more, got {args.refine}")
     target = _common.target(args)
     plans = [_common.plan(args, rate=rate, concurrency=None, duration=step_duration,
                           warmup=warmup if i == 0 else 0.0) for i, rate in enumerate(rates)]
@@ -55,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
 
     async def go(reactor: Any) -> RunResult:
         return await sweep(reactor, target, plans, args.scrape, stop_when=stops, knee_p99_ms=limit,
-                           progress=progress)
+                           progress=progress, refine=args.refine)
 
     try:
         result = _common.react(go)

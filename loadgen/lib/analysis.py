@@ -94,15 +94,44 @@ def find_knee(steps: Sequence[StepResult], p99_limit_ms: float | None = None, *,
     if not offered:
         return None
     limit = default_p99_limit_ms(steps, work_ms) if p99_limit_ms is None else p99_limit_ms
-    good = [
-        (index, step)
-        for index, step in offered
-        if step.achieved_rps >= KNEE_ACHIEVED_FRACTION * step.offered_rps and step.latency_ms["p99"] <= limit
-    ]
+    good = [(index, step) for index, step in offered if keeps_up(step, limit)]
     if not good:
         return None
     index, step = max(good, key=lambda pair: pair[1].offered_rps)
     return Knee(step=step, index=index, p99_limit_ms=limit)
+
+
+def keeps_up(step: StepResult, p99_limit_ms: float) -> bool:
+    """The knee's criterion for one open-model step: achieved >= 98% of offered and p99 within the limit."""
+    assert step.offered_rps is not None
+    return (step.achieved_rps >= KNEE_ACHIEVED_FRACTION * step.offered_rps
+            and step.latency_ms["p99"] <= p99_limit_ms)
+
+
+# A refinement stops when the bracket is narrower than this fraction of its upper end: closer rates
+# cannot be told apart by steps of a few seconds.
+REFINE_MIN_GAP = 0.02
+
+
+def refine_rate(steps: Sequence[StepResult], p99_limit_ms: float) -> float | None:
+    """The next offered rate of a bisection between the knee and the first failing step above it.
+
+    The knee is ``find_knee``'s (the highest-offered step that keeps up); the first failing step is the
+    lowest-offered step above it that does not.  None when there is nothing to bisect: no knee, no failing
+    step above it, or a bracket narrower than ``REFINE_MIN_GAP`` of its upper end.
+    """
+    knee = find_knee(steps, p99_limit_ms)
+    if knee is None:
+        return None
+    low = knee.step.offered_rps
+    assert low is not None
+    above = [s.offered_rps for s in steps if s.offered_rps is not None and s.offered_rps > low]
+    if not above:
+        return None
+    high = min(above)
+    if high - low < REFINE_MIN_GAP * high:
+        return None
+    return round((low + high) / 2, 3)
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ class StepResult:
     connect_histogram: str | None = None
     connections_opened: int | None = None
     timeseries: list[Any] | None = None
+    refined: bool | None = None  # a step of sweep --refine's bisection, not of the grid
 
     @property
     def error_count(self) -> int:
@@ -86,7 +87,7 @@ class StepResult:
         return cls(**{name: data.get(name) for name in _STEP_REQUIRED + _STEP_EXTRAS})
 
 
-_STEP_EXTRAS = ("service_histogram", "connect_histogram", "connections_opened", "timeseries")
+_STEP_EXTRAS = ("service_histogram", "connect_histogram", "connections_opened", "timeseries", "refined")
 _STEP_REQUIRED = tuple(f.name for f in fields(StepResult) if f.name not in _STEP_EXTRAS)
 _NUMBER = (int, float)
 _STEP_TYPES: dict[str, tuple[type, ...]] = {

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
-from loadgen.lib.analysis import Slo, find_knee
+from loadgen.lib.analysis import Slo, default_p99_limit_ms, find_knee, refine_rate
 from loadgen.lib.engine import Engine
 from loadgen.lib.plan import Plan, Target
 from loadgen.lib.results import RunResult, StepResult, now_iso
@@ -62,16 +63,31 @@ async def sweep(
     knee_p99_ms: float | None = None,
     work_ms: float | None = None,
     progress: Any = None,
+    refine: int = 0,
 ) -> RunResult:
     """Open-model ``plans`` in turn (see :func:`run_steps`), then the knee: the result of a sweep.
 
     The knee's p99 limit is ``knee_p99_ms``, else the default one
-    (:func:`loadgen.lib.analysis.default_p99_limit_ms`, which ``work_ms`` enters when given).
+    (:func:`loadgen.lib.analysis.default_p99_limit_ms`, which ``work_ms`` enters when given), fixed by
+    the grid's steps.  ``refine`` more steps (like the last plan, without warm-up, marked ``refined``)
+    then bisect between the knee and the first failing step above it (:func:`loadgen.lib.analysis.refine_rate`),
+    so that the knee is not just the best grid step.
     """
     started_at = now_iso()
     steps = await run_steps(reactor, target, plans, scrape_url, progress=progress, stop_when=stop_when)
+    limit = knee_p99_ms
+    if limit is None and any(step.offered_rps is not None for step in steps):
+        limit = default_p99_limit_ms(steps, work_ms)
+    for _ in range(refine if limit is not None else 0):
+        rate = refine_rate(steps, limit)
+        if rate is None:
+            break
+        [step] = await run_steps(reactor, target, [replace(plans[-1], rate=rate, warmup=0.0)], scrape_url,
+                                 progress=progress)
+        step.refined = True
+        steps.append(step)
     result = RunResult(target=target.url, model="open", connection=plans[0].connection if plans else "keep-alive",
                        started_at=started_at, steps=steps)
-    knee = find_knee(steps, knee_p99_ms, work_ms=work_ms)
+    knee = find_knee(steps, limit, work_ms=work_ms)
     result.knee = knee.to_dict() if knee is not None else None
     return result
