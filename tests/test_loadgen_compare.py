@@ -156,7 +156,7 @@ def test_short_real_compare(tmp_path: Path) -> None:
     out = tmp_path / "cmp"
     result = _compare(out)
     assert result.returncode == 0, result.stderr
-    for name in ("results.json", "report.md", "latency.png", "overload.png"):
+    for name in ("results.json", "report.md", "latency.png", "overload.png", "report.html"):
         assert (out / name).stat().st_size > 0, name
     document = json.loads((out / "results.json").read_text())
     assert document["machine"]["cpus"] == os.cpu_count()

@@ -213,9 +213,9 @@ def test_render_dispatches_every_format(fmt: str) -> None:
 def test_unknown_format_is_a_one_line_error() -> None:
     """An unknown format names itself and the choices."""
     with pytest.raises(
-        ValueError, match="unknown report format 'html': choose one of text, json, csv, markdown"
+        ValueError, match="unknown report format 'pdf': choose one of text, json, csv, markdown, html"
     ):
-        render(fixed_result(), "html")
+        render(fixed_result(), "pdf")
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""``loadgen report``: a result file rendered as text, JSON, CSV or Markdown, and optionally plotted."""
+"""``loadgen report``: a result file rendered as text, JSON, CSV, Markdown or one HTML page, and optionally plotted."""
 
 from __future__ import annotations
 

@@ -23,7 +23,13 @@ from typing import Any
 
 from loadgen.lib.analysis import parse_stop_when
 from loadgen.lib.children import DATASERV_LISTENING, ChildServer, ServerFailed, dataserv_argv, free_port
-from loadgen.lib.compare_report import build_report, plot_latency, plot_overload, reference_entry
+from loadgen.lib.compare_report import (
+    build_html_report,
+    build_report,
+    plot_latency,
+    plot_overload,
+    reference_entry,
+)
 from loadgen.lib.peers import Peer
 from loadgen.lib.plan import Plan, Target
 from loadgen.lib.results import RunResult
@@ -257,10 +263,12 @@ async def run_compare(reactor: Any, configs: list[Configuration], settings: Sett
 
 
 def write_outputs(document: dict[str, Any], out_dir: Path) -> list[Path]:
-    """results.json, report.md and the plots; answer the paths written."""
-    paths = [out_dir / "results.json", out_dir / "report.md", out_dir / "latency.png", out_dir / "overload.png"]
+    """results.json, report.md, the plots and report.html (self-contained); answer the paths written."""
+    paths = [out_dir / "results.json", out_dir / "report.md", out_dir / "latency.png", out_dir / "overload.png",
+             out_dir / "report.html"]
     paths[0].write_text(json.dumps(document, indent=1))
     plot_latency(document, paths[2])
     plot_overload(document, paths[3])
-    paths[1].write_text(build_report(document, plots=[p.name for p in paths[2:]]))
+    paths[1].write_text(build_report(document, plots=[p.name for p in paths[2:4]]))
+    paths[4].write_text(build_html_report(document), encoding="utf-8")
     return paths

@@ -1,10 +1,21 @@
-"""The comparison's report and plots, built from results.json alone (pure: no I/O but the plot files)."""
+"""The comparison's report (Markdown, and one HTML page) and plots, built from results.json alone (pure: no I/O but the plot files)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from loadgen.lib.analysis import DEFAULT_KNEE_LIMIT
+from loadgen.lib.report import (
+    html_escape,
+    html_figure,
+    html_items,
+    html_markup,
+    html_page,
+    html_paragraphs,
+    html_result_sections,
+    html_table,
+)
+from loadgen.lib.results import RunResult
 
 ORIGINAL_INLINE_RPS = 250.0  # 1 / 4 ms: the original experiment's accept-thread ceiling
 
@@ -15,6 +26,11 @@ def _fmt(value: Any, digits: int = 1) -> str:
     if isinstance(value, float):
         return f"{value:,.{digits}f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _md_row(cells: list[str]) -> str:
+    """A Markdown table row; an empty cell is one space."""
+    return "|" + "|".join(f" {cell} " if cell else " " for cell in cells) + "|"
 
 
 def _knee_step(entry: dict[str, Any]) -> dict[str, Any] | None:
@@ -176,18 +192,40 @@ def original_findings(rows: list[dict[str, Any]], machine: dict[str, Any]) -> li
     return out
 
 
-def build_report(document: dict[str, Any], plots: list[str] | None = None) -> str:
-    """DIR/report.md: tables and plain sentences, every number from ``document``."""
+KNEE_HEADERS = ("configuration", "dispatch", "work", "connection", "pool", "ceiling rps", "knee rps",
+                "p99 at knee ms", "knee / ceiling", "work ms measured", "reactor lag p99 ms")
+OVERLOAD_HEADERS = ("configuration", "offered rps", "achieved rps", "accepted/s", "done/s", "max listen backlog",
+                    "max work queue", "max open conns", "p99 ms", "reactor lag p99 ms", "errors")
+
+
+def _knee_cells(r: dict[str, Any]) -> list[str]:
+    """A knee row's cells under KNEE_HEADERS (a configuration that failed says so under knee rps)."""
+    head = [r["name"], r["dispatch"], r["work_kind"], r["connection"], str(r["pool_size"]), _fmt(r["ceiling_rps"])]
+    if r["error"] and r["knee_rps"] is None:
+        return [*head, f"failed: {r['error']}", "", "", "", ""]
+    ratio = f"{r['knee_over_ceiling']:.2f}" if r["knee_over_ceiling"] else "-"
+    return [*head, _fmt(r["knee_rps"]), _fmt(r["p99_ms"], 2), ratio, _fmt(r["work_ms_measured"], 2),
+            _fmt(r["reactor_lag_p99_ms"], 2)]
+
+
+def _overload_cells(r: dict[str, Any]) -> list[str]:
+    """An overload row's cells under OVERLOAD_HEADERS."""
+    return [r["name"], _fmt(r["offered_rps"]), _fmt(r["achieved_rps"]), _fmt(r["accepted_per_s"]),
+            _fmt(r["done_per_s"]), _fmt(r["listen_backlog_max"], 0), _fmt(r["work_queue_depth_max"], 0),
+            _fmt(r["open_connections_max"], 0), _fmt(r["p99_ms"]), _fmt(r["reactor_lag_p99_ms"], 2),
+            str(r["errors"])]
+
+
+TITLE = "dataserv: accepting connections and dispatching CPU work, measured"
+
+
+def _intro(document: dict[str, Any]) -> list[str]:
+    """The report's opening: the machine, the method, the work each row ran."""
     m = document.get("machine", {})
     settings = document.get("settings", {})
-    rows = knee_rows(document)
-    over = overload_rows(document)
-    lines = [
-        "# dataserv: accepting connections and dispatching CPU work, measured",
-        "",
+    return [
         f"Machine: {m.get('cpus')} CPUs ({m.get('cpu')}), Python {m.get('python')}, Twisted {m.get('twisted')}, "
         f"Klein {m.get('klein')}, dataserv {m.get('dataserv')}; {m.get('platform')}.",
-        "",
         f"Each configuration was swept with the open model at {', '.join(f'{f:g}' for f in settings.get('fractions', []))}"
         f" x its ceiling for {settings.get('step_duration')} s a step (stopping early when {settings.get('stop_when')}),"
         f" then held at {settings.get('overload')} x its knee (or its best achieved rate, if higher) for "
@@ -195,44 +233,50 @@ def build_report(document: dict[str, Any], plots: list[str] | None = None) -> st
         " from the intended start (coordinated omission corrected). The knee is the highest step whose achieved"
         " rate is at least 98% of offered and whose p99 stays within "
         + (f"{settings['knee_p99_ms']:g} ms." if settings.get("knee_p99_ms") else f"{DEFAULT_KNEE_LIMIT}."),
-        "",
         _work_sentence(document.get("configurations", [])),
+    ]
+
+
+def _ceiling_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """Why a configuration beat its ceiling: its work ran faster than calibrated."""
+    fast = [r for r in rows if r["knee_over_ceiling"] and r["knee_over_ceiling"] > 1.0 and r["work_ms_measured"]]
+    return [f"{r['name']} exceeds its ceiling because its work took {r['work_ms_measured']:.2f} ms on "
+            f"average where it ran, not the {r['work_ms']:g} ms calibrated at start-up: the ceiling is "
+            "pool size / configured work time." for r in fast]
+
+
+def build_report(document: dict[str, Any], plots: list[str] | None = None) -> str:
+    """DIR/report.md: tables and plain sentences, every number from ``document``."""
+    m = document.get("machine", {})
+    rows = knee_rows(document)
+    over = overload_rows(document)
+    intro = _intro(document)
+    lines = [
+        f"# {TITLE}",
+        "",
+        intro[0],
+        "",
+        intro[1],
+        "",
+        intro[2],
         "",
         "## Knee per configuration",
         "",
-        "| configuration | dispatch | work | connection | pool | ceiling rps | knee rps | p99 at knee ms | knee / ceiling | work ms measured | reactor lag p99 ms |",
+        "| " + " | ".join(KNEE_HEADERS) + " |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
-        if r["error"] and r["knee_rps"] is None:
-            lines.append(f"| {r['name']} | {r['dispatch']} | {r['work_kind']} | {r['connection']} | {r['pool_size']} | "
-                         f"{_fmt(r['ceiling_rps'])} | failed: {r['error']} | | | | |")
-            continue
-        ratio = f"{r['knee_over_ceiling']:.2f}" if r["knee_over_ceiling"] else "-"
-        lines.append(
-            f"| {r['name']} | {r['dispatch']} | {r['work_kind']} | {r['connection']} | {r['pool_size']} | "
-            f"{_fmt(r['ceiling_rps'])} | {_fmt(r['knee_rps'])} | {_fmt(r['p99_ms'], 2)} | {ratio} | "
-            f"{_fmt(r['work_ms_measured'], 2)} | {_fmt(r['reactor_lag_p99_ms'], 2)} |"
-        )
-    fast = [r for r in rows if r["knee_over_ceiling"] and r["knee_over_ceiling"] > 1.0 and r["work_ms_measured"]]
-    for r in fast:
-        lines += ["", f"{r['name']} exceeds its ceiling because its work took {r['work_ms_measured']:.2f} ms on "
-                      f"average where it ran, not the {r['work_ms']:g} ms calibrated at start-up: the ceiling is "
-                      "pool size / configured work time."]
+    lines += [_md_row(_knee_cells(r)) for r in rows]
+    for note in _ceiling_notes(rows):
+        lines += ["", note]
     errors = [r["error"] for r in rows if r["error"]]
     if errors:
         lines += ["", "Problems:", ""] + [f"- {e}" for e in errors]
     lines += [
         "", "## Accepted vs done past the knee", "",
-        "| configuration | offered rps | achieved rps | accepted/s | done/s | max listen backlog | max work queue | max open conns | p99 ms | reactor lag p99 ms | errors |",
+        "| " + " | ".join(OVERLOAD_HEADERS) + " |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in over:
-        lines.append(
-            f"| {r['name']} | {_fmt(r['offered_rps'])} | {_fmt(r['achieved_rps'])} | {_fmt(r['accepted_per_s'])} | "
-            f"{_fmt(r['done_per_s'])} | {_fmt(r['listen_backlog_max'], 0)} | {_fmt(r['work_queue_depth_max'], 0)} | "
-            f"{_fmt(r['open_connections_max'], 0)} | {_fmt(r['p99_ms'])} | {_fmt(r['reactor_lag_p99_ms'], 2)} | {r['errors']} |"
-        )
+    lines += [_md_row(_overload_cells(r)) for r in over]
     lines += [""] + [f"- {s}" for s in accept_findings(over)]
     gil = gil_findings(rows)
     if gil:
@@ -248,8 +292,22 @@ def build_report(document: dict[str, Any], plots: list[str] | None = None) -> st
     return "\n".join(lines) + "\n"
 
 
+def _save(fig: Any, path: Any) -> None:
+    import matplotlib.pyplot as plt
+
+    try:
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
+
+
 def plot_latency(document: dict[str, Any], path: Any) -> None:
-    """p50 and p99 against offered rate for every configuration, on one chart."""
+    """:func:`latency_figure` written as a PNG."""
+    _save(latency_figure(document), path)
+
+
+def latency_figure(document: dict[str, Any]) -> Any:
+    """p50 and p99 against offered rate for every configuration, on one chart (the caller closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -273,12 +331,16 @@ def plot_latency(document: dict[str, Any], path: Any) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def plot_overload(document: dict[str, Any], path: Any) -> None:
-    """Accepted and done connection rates over time at overload, inline against threads (pbkdf2)."""
+    """:func:`overload_figure` written as a PNG."""
+    _save(overload_figure(document), path)
+
+
+def overload_figure(document: dict[str, Any]) -> Any:
+    """Accepted and done connection rates over time at overload, inline against threads (pbkdf2); caller closes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -311,8 +373,7 @@ def plot_overload(document: dict[str, Any], path: Any) -> None:
         bottom.grid(alpha=0.3)
     fig.suptitle("where the backlog waits: kernel accept queue vs process memory")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def _work_sentence(entries: list[dict[str, Any]]) -> str:
@@ -330,23 +391,85 @@ def _work_sentence(entries: list[dict[str, Any]]) -> str:
 
 def peer_report_lines(peers: list[dict[str, Any]], configurations: list[dict[str, Any]]) -> list[str]:
     """The report's peer section: knees side by side, and p99 at the same offered rates."""
-    lines = ["## Peers: the same /data on other servers", "",
-             "Same pbkdf2 call, same calibrated iterations, same pool size, same sweep, same generator.", "",
-             "| server | knee rps | knee / ceiling | p99 ms at each offered rate (rps: ms) |", "|---|---:|---:|---|"]
+    lines = ["## Peers: the same /data on other servers", "", PEERS_INTRO, "",
+             "| " + " | ".join(PEER_HEADERS) + " |", "|---|---:|---:|---|"]
+    lines += [_md_row(row) for row in peer_rows(peers, configurations)]
+    verdict = peer_verdict(peers, configurations)
+    if verdict:
+        lines += ["", f"- {verdict}"]
+    return lines
+
+
+PEERS_INTRO = "Same pbkdf2 call, same calibrated iterations, same pool size, same sweep, same generator."
+PEER_HEADERS = ("server", "knee rps", "knee / ceiling", "p99 ms at each offered rate (rps: ms)")
+
+
+def peer_rows(peers: list[dict[str, Any]], configurations: list[dict[str, Any]]) -> list[list[str]]:
+    """The peer table's cells: dataserv's reference configuration first, then each peer."""
+    out = []
     ref = reference_entry(configurations)
     rows = ([("dataserv threads", ref)] if ref else []) + [(p["name"], p) for p in peers]
     for name, entry in rows:
         if entry.get("error"):
-            lines.append(f"| {name} | failed: {entry['error']} | | |")
+            out.append([name, f"failed: {entry['error']}", "", ""])
             continue
         knee, ceiling, result = entry.get("knee_rps"), entry.get("ceiling_rps"), entry.get("result")
         p99s = ", ".join(f"{s['offered_rps']:g}: {s['latency_ms']['p99']:.1f}" for s in (result or {}).get("steps", []))
         ratio = f"{knee / ceiling:.2f}" if knee and ceiling else "-"
-        lines.append(f"| {name} | {f'{knee:.1f}' if knee else '-'} | {ratio} | {p99s or '-'} |")
+        out.append([name, f"{knee:.1f}" if knee else "-", ratio, p99s or "-"])
+    return out
+
+
+def peer_verdict(peers: list[dict[str, Any]], configurations: list[dict[str, Any]]) -> str | None:
+    """dataserv's thread-pool knee against the best peer's, in a sentence; None without both."""
+    ref = reference_entry(configurations)
     best = max((p for p in peers if p.get("knee_rps")), key=lambda p: p["knee_rps"], default=None)
-    if ref and ref.get("knee_rps") and best:
-        verdict = "ahead of" if ref["knee_rps"] > best["knee_rps"] else "not ahead of"
-        lines += ["", f"- dataserv's thread pool knee ({ref['knee_rps']:.1f} rps) is {verdict} the best peer's "
-                      f"({best['name']}, {best['knee_rps']:.1f} rps): a ratio of {ref['knee_rps'] / best['knee_rps']:.2f}. "
-                      "Knees come from short steps; `bench/peers_bench.py` measures top throughput with wrk."]
-    return lines
+    if not (ref and ref.get("knee_rps") and best):
+        return None
+    verdict = "ahead of" if ref["knee_rps"] > best["knee_rps"] else "not ahead of"
+    return (f"dataserv's thread pool knee ({ref['knee_rps']:.1f} rps) is {verdict} the best peer's "
+            f"({best['name']}, {best['knee_rps']:.1f} rps): a ratio of {ref['knee_rps'] / best['knee_rps']:.2f}. "
+            "Knees come from short steps; `bench/peers_bench.py` measures top throughput with wrk.")
+
+
+def build_html_report(document: dict[str, Any]) -> str:
+    """DIR/report.html: report.md's tables and sentences, each configuration's sweep, and the plots inline as SVG."""
+    import matplotlib.pyplot as plt
+
+    rows = knee_rows(document)
+    over = overload_rows(document)
+    body = [f"<h1>{html_escape(TITLE)}</h1>", *(html_markup(line) for line in _intro(document)),
+            "<h2>Knee per configuration</h2>", html_table(KNEE_HEADERS, [_knee_cells(r) for r in rows], names=4)]
+    body += [html_markup(note) for note in _ceiling_notes(rows)]
+    errors = [r["error"] for r in rows if r["error"]]
+    if errors:
+        body += ["<p>Problems:</p>", html_items(errors)]
+    body += ["<h2>Accepted vs done past the knee</h2>",
+             html_table(OVERLOAD_HEADERS, [_overload_cells(r) for r in over]),
+             html_items(accept_findings(over), markup=True)]
+    for heading, findings in (("Work that holds the GIL", gil_findings(rows)),
+                              ("Against the original experiment", original_findings(rows, document.get("machine", {})))):
+        if findings:
+            body += [f"<h2>{html_escape(heading)}</h2>", html_items(findings, markup=True)]
+    peers = document.get("peers")
+    if peers:
+        verdict = peer_verdict(peers, document["configurations"])
+        body += ["<h2>Peers: the same /data on other servers</h2>", html_markup(PEERS_INTRO),
+                 html_table(PEER_HEADERS, peer_rows(peers, document["configurations"])),
+                 html_items([verdict] if verdict else [], markup=True)]
+    body.append("<h2>Plots</h2>")
+    for build, caption in ((latency_figure, "latency against offered rate, every configuration"),
+                           (overload_figure, "accepted and done connections at overload, inline and threads")):
+        fig = build(document)
+        try:
+            body.append(html_figure(fig, caption))
+        finally:
+            plt.close(fig)
+    body.append("<h2>Each configuration's sweep</h2>")
+    for entry in document["configurations"] + (peers or []):
+        body.append(f"<h3>{html_escape(entry['name'])}</h3>")
+        if not entry.get("result"):
+            body.append(html_paragraphs([f"no sweep: {entry.get('error') or 'not run'}"], "warn"))
+            continue
+        body += html_result_sections(RunResult.from_dict(entry["result"]), level=4)
+    return html_page(TITLE, body)

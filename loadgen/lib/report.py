@@ -1,19 +1,21 @@
-"""Reporters: a result rendered as a text table, JSON, CSV or Markdown, and a sweep plotted as a PNG."""
+"""Reporters: a result rendered as a text table, JSON, CSV, Markdown or one HTML page, and a sweep plotted."""
 
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import math
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from loadgen.lib.results import ERROR_KINDS, GENERATOR_KEYS, SERVER_KEYS, RunResult, StepResult
 from loadgen.lib.stats import SUMMARY_KEYS
 
-FORMATS = ("text", "json", "csv", "markdown")
+FORMATS = ("text", "json", "csv", "markdown", "html")
 _LATENCY_COLUMNS = ("p50", "p90", "p99", "p999", "max")
 _LEGEND = ("latency in ms from the intended start (corrected); svc p99 = service time from the actual send",)
 _SERVER_LEGEND = (
@@ -45,7 +47,7 @@ def _queueing_ms(step: StepResult) -> float | None:
     return step.latency_ms["p99"] - step.server["p99_ms"]
 
 
-def _table(result: RunResult) -> tuple[list[str], list[list[str]]]:
+def step_table(result: RunResult) -> tuple[list[str], list[list[str]]]:
     """Headers and string cells of the step table shared by the text and Markdown reporters."""
     steps = result.steps
     columns: list[tuple[str, Callable[[StepResult], str]]] = []
@@ -114,7 +116,7 @@ def _header(result: RunResult) -> str:
 
 def render_text(result: RunResult) -> str:
     """A fixed-width table of the steps with the knee, SLO verdicts and warnings underneath."""
-    headers, rows = _table(result)
+    headers, rows = step_table(result)
     widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
     lines = [_header(result), *_LEGEND]
     if "q-before" in headers:
@@ -190,7 +192,7 @@ def render_csv(result: RunResult) -> str:
 
 def render_markdown(result: RunResult) -> str:
     """A pipe table of the steps, with the knee, SLO verdicts and warnings as a list underneath."""
-    headers, rows = _table(result)
+    headers, rows = step_table(result)
     lines = [f"`{_header(result)}`", "", *_LEGEND]
     if "q-before" in headers:
         lines += _SERVER_LEGEND
@@ -204,11 +206,206 @@ def render_markdown(result: RunResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+# -- HTML: one self-contained page (inline style, figures as inline SVG, no script, nothing fetched) ------
+
+_HTML_STYLE = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222; margin: 2em auto;
+       max-width: 1150px; padding: 0 1em; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+h3 { font-size: 1.05em; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 13px; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.55em; text-align: right; white-space: nowrap; }
+th { background: #f2f2f2; white-space: normal; } td.name, th.name { text-align: left; }
+.note { color: #555; font-size: 12px; } .warn { color: #a40000; } code { font-size: 12px; }
+figure { margin: 1em 0; } figure svg { max-width: 100%; height: auto; }
+"""
+_SVG_PROLOGUE = re.compile(r"\A.*?(?=<svg\b)", re.S)  # the XML declaration and DOCTYPE (which names a URL)
+_SVG_METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.S)  # RDF namespaces and matplotlib's home page
+
+
+def html_escape(value: Any) -> str:
+    """``value`` as text safe inside an element or a quoted attribute."""
+    return html.escape(str(value), quote=True)
+
+
+def html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, names: int = 1) -> str:
+    """A table of escaped cells; the first ``names`` columns are left-aligned labels, the rest numbers."""
+
+    def cells(tag: str, values: Sequence[Any]) -> str:
+        label = ' class="name"'
+        return "".join(f"<{tag}{label if i < names else ''}>{html_escape(v)}</{tag}>" for i, v in enumerate(values))
+
+    body = "".join(f"<tr>{cells('td', row)}</tr>" for row in rows)
+    return f"<table><thead><tr>{cells('th', headers)}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def html_paragraphs(lines: Iterable[str], css: str = "") -> str:
+    """Each line as its own escaped paragraph."""
+    attr = f' class="{html_escape(css)}"' if css else ""
+    return "".join(f"<p{attr}>{html_escape(line)}</p>" for line in lines)
+
+
+def html_items(lines: Iterable[str], *, markup: bool = False) -> str:
+    """An escaped bullet list (``markup``: with ``**bold**`` and ```code``` kept); empty text for no lines."""
+    lines = list(lines)
+    inline = _inline if markup else html_escape
+    return f"<ul>{''.join(f'<li>{inline(line)}</li>' for line in lines)}</ul>" if lines else ""
+
+
+_MD_BOLD = re.compile(r"\*\*(.+?)\*\*")
+_MD_CODE = re.compile(r"`([^`]+)`")
+
+
+def _inline(text: str) -> str:
+    """Escaped text with Markdown's ``**bold**`` and ```code``` spans as HTML."""
+    return _MD_CODE.sub(r"<code>\1</code>", _MD_BOLD.sub(r"<strong>\1</strong>", html_escape(text)))
+
+
+def html_markup(line: str) -> str:
+    """A paragraph of report.md's prose: escaped, with its ``**bold**`` and ```code``` spans kept."""
+    return f"<p>{_inline(line)}</p>"
+
+
+def html_figure(fig: Any, caption: str) -> str:
+    """A matplotlib figure as inline SVG (text kept as text) in a ``<figure>``, with nothing that names a URL."""
+    import matplotlib
+
+    out = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "loadgen"}):
+        fig.savefig(out, format="svg", metadata={"Date": None})
+    svg = _SVG_METADATA.sub("", _SVG_PROLOGUE.sub("", out.getvalue(), count=1), count=1)
+    return f'<figure role="img" aria-label="{html_escape(caption)}">{svg}<figcaption class="note">{html_escape(caption)}</figcaption></figure>'
+
+
+def html_page(title: str, body: Iterable[str]) -> str:
+    """The whole document: inline style, no script, no link, nothing fetched."""
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html_escape(title)}</title><style>{_HTML_STYLE}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+
+
+def per_target(step: StepResult) -> list[tuple[str, dict[str, Any]]]:
+    """The step's per-target breakdown (``targets``, written with ``--targets``) as (label, entry) pairs.
+
+    Empty when the step has none (a run of one URL, or a file from before the field).
+    """
+    entries = getattr(step, "targets", None) or []  # StepResult.targets: being added with --targets
+    return [(str(entry.get("target") or f"target {index}"), entry)
+            for index, entry in enumerate(entries) if isinstance(entry, dict)]
+
+
+def _errors_of(entry: dict[str, Any]) -> int:
+    errors = entry.get("errors") or 0
+    return sum(errors.values()) if isinstance(errors, dict) else int(errors)
+
+
+def reconcile(step: StepResult, entries: list[tuple[str, dict[str, Any]]]) -> str:
+    """One sentence: whether the per-target requests, ok and errors add up to the step's totals."""
+    totals = {"requests": step.requests, "ok": step.ok, "errors": step.error_count}
+    sums = {
+        "requests": sum(int(e.get("requests") or 0) for _, e in entries),
+        "ok": sum(int(e.get("ok") or 0) for _, e in entries),
+        "errors": sum(_errors_of(e) for _, e in entries),
+    }
+    parts = ", ".join(f"{key} {sums[key]:,} of {totals[key]:,}" for key in totals)
+    if sums == totals:
+        return f"Reconciled: the {len(entries)} targets add up to the step's totals ({parts})."
+    return f"NOT reconciled: the {len(entries)} targets add up to {parts} of the step's totals."
+
+
+def _target_rows(entries: list[tuple[str, dict[str, Any]]]) -> tuple[list[str], list[list[str]]]:
+    headers = ["target", "weight", "requests", "ok", "errors", "codes", *_LATENCY_COLUMNS]
+    rows = []
+    for label, entry in entries:
+        latency = entry.get("latency_ms") or {}
+        codes = " ".join(f"{code}={count}" for code, count in sorted((entry.get("codes") or {}).items()))
+        rows.append([
+            label, _num(entry.get("weight"), 0), _num(entry.get("requests"), 0), _num(entry.get("ok"), 0),
+            str(_errors_of(entry)), codes or "-", *(_num(latency.get(key), 2) for key in _LATENCY_COLUMNS),
+        ])
+    return headers, rows
+
+
+def _server_reconciliation(step: StepResult) -> str | None:
+    """The client's and the server's views of one step side by side: rates, and where the p99 went."""
+    server = step.server
+    if not server:
+        return None
+    gap = _queueing_ms(step)
+    return (
+        f"Client achieved {_num(step.achieved_rps, 1)} responses/s; the server accepted "
+        f"{_num(server.get('accepted_per_s'), 1)} and closed {_num(server.get('done_per_s'), 1)} connections/s. "
+        f"Client p99 {_num(step.latency_ms.get('p99'), 2)} ms, server p99 {_num(server.get('p99_ms'), 2)} ms"
+        + (f": {_num(gap, 2)} ms queued before the server's clock started." if gap is not None else ".")
+    )
+
+
+def html_result_sections(result: RunResult, level: int = 2) -> list[str]:
+    """A result's HTML: the step table, the knee, notes, client against server, the plot, per-target tables.
+
+    ``level`` is the heading level of its sections (2 on a page of its own, deeper inside compare's).
+    """
+    h, sub = f"h{level}", f"h{level + 1}"
+    headers, rows = step_table(result)
+    notes = _notes(result)
+    legend = [*_LEGEND, *([" ".join(_SERVER_LEGEND)] if "q-before" in headers else [])]
+    body = [f"<{h}>Steps</{h}>", html_paragraphs(legend, "note"), html_table(headers, rows, names=0)]
+    knee_lines = [line for line in notes if line.startswith("knee:")]
+    knee_step = result.knee_step
+    if knee_step is not None:
+        knee_lines.append(f"The knee is {_step_label(result.steps.index(knee_step), knee_step)}.")
+    body += [f"<{h}>Knee</{h}>", html_paragraphs(knee_lines or ["knee: not computed (a sweep computes it)"])]
+    others = [line for line in notes if not line.startswith("knee:")]
+    if others:
+        body += [f"<{h}>Notes</{h}>", html_items(others)]
+    views = [(index, _server_reconciliation(step)) for index, step in enumerate(result.steps)]
+    if any(line for _, line in views):
+        body.append(f"<{h}>Client and server</{h}>")
+        body.append(html_items(f"{_step_label(i, result.steps[i])}: {line}" for i, line in views if line))
+    if result.steps:
+        import matplotlib.pyplot as plt
+
+        fig = sweep_figure(result)
+        try:
+            body += [f"<{h}>Plot</{h}>", html_figure(fig, "latency percentiles and rates against the load")]
+        finally:
+            plt.close(fig)
+    sections = [(index, step, per_target(step)) for index, step in enumerate(result.steps)]
+    if any(entries for _, _, entries in sections):
+        body.append(f"<{h}>Per target</{h}>")
+        for index, step, entries in sections:
+            if not entries:
+                continue
+            t_headers, t_rows = _target_rows(entries)
+            verdict = reconcile(step, entries)
+            body += [
+                f"<{sub}>{html_escape(_step_label(index, step))}</{sub}>",
+                html_table(t_headers, t_rows),
+                html_paragraphs([verdict], "" if verdict.startswith("Reconciled") else "warn"),
+            ]
+    return body
+
+
+def render_html(result: RunResult) -> str:
+    """One self-contained page: the step table, the knee, notes, the sweep plot (inline SVG), per-target sections."""
+    body = [
+        f"<h1>{html_escape(result.tool)} report: {html_escape(result.target)}</h1>",
+        html_paragraphs([_header(result)], "note"),
+        *html_result_sections(result),
+    ]
+    return html_page(f"loadgen report: {result.target}", body)
+
+
 _RENDERERS: dict[str, Callable[[RunResult], str]] = {
     "text": render_text,
     "json": render_json,
     "csv": render_csv,
     "markdown": render_markdown,
+    "html": render_html,
 }
 
 
@@ -227,7 +424,21 @@ def _positive(values: list[float]) -> list[float]:
 
 
 def plot_sweep(result: RunResult, path: str | os.PathLike[str]) -> None:
-    """Two panels against the offered rate: corrected latency percentiles (log y) and achieved (and server) rates."""
+    """The sweep's figure (:func:`sweep_figure`) written as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = sweep_figure(result)
+    try:
+        fig.savefig(os.fspath(path), format="png", dpi=100)
+    finally:
+        plt.close(fig)
+
+
+def sweep_figure(result: RunResult) -> Any:
+    """Two panels against the offered rate: corrected latency percentiles (log y) and achieved (and server) rates.
+
+    The caller saves and closes the figure (``matplotlib.pyplot.close``).
+    """
     if not result.steps:
         raise ValueError("nothing to plot: the result has no steps")
     import matplotlib
@@ -279,6 +490,7 @@ def plot_sweep(result: RunResult, path: str | os.PathLike[str]) -> None:
         for ax in (latency_ax, rate_ax):
             ax.legend(fontsize=8, loc="best")
         fig.tight_layout()
-        fig.savefig(os.fspath(path), format="png", dpi=100)
-    finally:
+    except BaseException:
         plt.close(fig)
+        raise
+    return fig
