@@ -62,8 +62,9 @@ async def fake_run_steps(reactor: Any, target: Target, plans: list[Plan], scrape
             for plan in plans]
 
 
-def run_sweep(monkeypatch: pytest.MonkeyPatch, refine: int, rates: list[float]) -> RunResult:
-    monkeypatch.setattr(runner, "run_steps", fake_run_steps)
+def run_sweep(monkeypatch: pytest.MonkeyPatch | None, refine: int, rates: list[float]) -> RunResult:
+    if monkeypatch is not None:
+        monkeypatch.setattr(runner, "run_steps", fake_run_steps)
     target = Target(address="127.0.0.1", port=8080, host_header=b"127.0.0.1:8080", path=b"/data")
     plans = [Plan(model="open", rate=rate, duration=1.0, warmup=0.5 if i == 0 else 0.0)
              for i, rate in enumerate(rates)]
@@ -83,13 +84,27 @@ def run_sweep(monkeypatch: pytest.MonkeyPatch, refine: int, rates: list[float]) 
 )
 def test_sweep_refines_between_the_knee_and_the_first_failing_step(
         monkeypatch: pytest.MonkeyPatch, refine: int, refined_rates: list[float], knee_offered: float) -> None:
-    """--refine N runs at most N bisection steps after the grid, marks them refined, and the knee may be one."""
-    result = run_sweep(monkeypatch, refine, [100.0, 200.0, 300.0, 400.0, 500.0])
-    assert [s.offered_rps for s in result.steps[5:]] == refined_rates
-    assert all(s.refined for s in result.steps[5:]) and not any(s.refined for s in result.steps[:5])
+    """--refine N runs at most N bisection steps after the grid, marks them refined and puts them in order of
+    offered rate among the grid's; the knee may be one of them."""
+    ran: list[float] = []
+
+    async def recording_run_steps(reactor: Any, target: Target, plans: list[Plan], *args: Any,
+                                  **kwargs: Any) -> list[StepResult]:
+        ran.extend(plan.rate for plan in plans)
+        assert len(plans) > 1 or plans[0].warmup == 0.0  # a refined step has no warm-up
+        return await fake_run_steps(reactor, target, plans)
+
+    monkeypatch.setattr(runner, "run_steps", recording_run_steps)
+    grid = [100.0, 200.0, 300.0, 400.0, 500.0]
+    result = run_sweep(None, refine, grid)
+    assert ran == grid + refined_rates
+    offered = [s.offered_rps for s in result.steps]
+    assert offered == sorted(grid + refined_rates)
+    assert [s.offered_rps for s in result.steps if s.refined] == sorted(refined_rates)
+    assert [s.to_dict().get("refined", "absent") for s in result.steps] == [
+        True if rate in refined_rates else "absent" for rate in offered]
     assert result.knee_step is not None and result.knee_step.offered_rps == knee_offered
-    assert [s.to_dict().get("refined", "absent") for s in result.steps] == ["absent"] * 5 + [True] * len(refined_rates)
-    assert RunResult.from_dict(result.to_dict()).steps[-1].refined == (True if refined_rates else None)
+    assert [s.refined for s in RunResult.from_dict(result.to_dict()).steps] == [s.refined for s in result.steps]
 
 
 def test_sweep_does_not_refine_when_every_step_keeps_up(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -120,3 +135,24 @@ def test_sweep_command_passes_refine_on(monkeypatch: pytest.MonkeyPatch, capsys:
     capsys.readouterr()
     assert cli.main(["sweep", "http://127.0.0.1:1/", "--rates", "100:300:100", "--refine", "-1"]) == 2
     assert capsys.readouterr().err == "loadgen: --refine must be 0 or more, got -1\n"
+
+
+def test_compare_refines_each_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """compare bisects after each sweep: one step by default, --refine N steps when asked."""
+    from loadgen.cli import build_parser
+    from loadgen.commands.compare import settings
+    from loadgen.lib import compare
+
+    asked: list[int] = []
+
+    async def fake_sweep(reactor: Any, target: Any, plans: list[Plan], scrape_url: str | None = None,
+                         **kwargs: Any) -> None:
+        asked.append(kwargs["refine"])
+
+    monkeypatch.setattr(compare, "sweep", fake_sweep)
+    target = Target(address="127.0.0.1", port=8080, host_header=b"127.0.0.1:8080", path=b"/data")
+    for argv in (["compare", "--out-dir", "x"], ["compare", "--out-dir", "x", "--refine", "3"]):
+        chosen = settings(build_parser().parse_args(argv))
+        done = ensureDeferred(compare.sweep_fractions(None, target, chosen, 1000.0, 4.0, "keep-alive", None))
+        assert done.called
+    assert asked == [1, 3]

@@ -83,3 +83,39 @@ def test_summarize_rates_maxima_and_p99() -> None:
     late = ServerSample(t=12.05, accepted=505, done=415)
     assert len(summarize([*samples, late])["timeseries"]) == 2
     assert summarize(samples[:1]) is None
+
+
+def test_parse_reads_the_reactor_cpu_and_every_answered_request() -> None:
+    """The reactor's CPU seconds from a real dataserv registry; requests of every route and code summed."""
+    metrics = Metrics(CollectorRegistry(), process_collectors=False)
+    metrics.thread_cpu.add("reactor", lambda: 1.25)
+    metrics.thread_cpu.add("pool", lambda: 9.0)
+    metrics.thread_cpu.add("other", lambda: 3.0)  # any role but the reactor's is not the reactor's CPU
+    for route, code in (("/data", 200), ("/data", 503), ("/metrics", 200)):
+        metrics.request_finished(route, b"GET", code, 0.001)
+    sample = parse_exposition(generate_latest(metrics.registry).decode(), t=0)
+    assert (sample.reactor_cpu_s, sample.answered, sample.requests) == (1.25, 3.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("cpu", "answered", "expected"),
+    [
+        ((2.0, 2.5), (1000.0, 2000.0), 0.5),  # 0.5 CPU s over 1000 requests
+        ((2.0, 2.03), (0.0, 400.0), 0.075),
+        ((2.0, 2.0), (10.0, 10.0), None),  # no request answered: no per-request figure
+        ((None, None), (0.0, 100.0), None),  # a server without thread clocks
+        ((1.0, 2.0), (None, None), None),
+    ],
+)
+def test_summarize_reactor_cpu_per_request(cpu: tuple, answered: tuple, expected: float | None) -> None:
+    """``reactor_cpu_ms_per_request`` is the reactor CPU's increase over the requests' increase, in ms."""
+    samples = [ServerSample(t=t, reactor_cpu_s=c, answered=a) for t, c, a in zip((0.0, 1.0), cpu, answered, strict=True)]
+    assert summarize(samples)["reactor_cpu_ms_per_request"] == expected
+
+
+def test_summarize_reactor_cpu_stops_at_the_load_end() -> None:
+    """Like the rates, the reactor CPU per request runs to the scrape taken when the schedule ended."""
+    samples = [ServerSample(t=0.0, reactor_cpu_s=0.0, answered=0.0),
+               ServerSample(t=1.0, reactor_cpu_s=0.1, answered=1000.0),
+               ServerSample(t=2.0, reactor_cpu_s=0.5, answered=1001.0)]
+    assert summarize(samples, load_end=1)["reactor_cpu_ms_per_request"] == 0.1

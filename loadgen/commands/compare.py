@@ -37,6 +37,9 @@ def configure(compare: argparse.ArgumentParser) -> None:
     compare.add_argument("--overload", type=float, default=1.5, help="overload step at this x the knee (1.5)")
     compare.add_argument("--overload-duration", default="3s", help="time at the overload step (default 3s)")
     compare.add_argument("--stop-when", default="p99>1s", help="end a sweep early (default 'p99>1s')")
+    compare.add_argument("--refine", type=int, default=Settings.refine, metavar="N",
+                         help="steps bisecting between each sweep's knee and its first failing step "
+                              f"(default {Settings.refine})")
     compare.add_argument("--peers", action="store_true",
                          help="also sweep the peer servers shipped with loadgen (aiohttp, FastAPI, bare "
                               "twisted.web; pip install '.[peers]')")
@@ -62,13 +65,15 @@ def settings(args: argparse.Namespace) -> Settings:
         raise UsageError(f"--fractions must be a comma list of numbers, got {args.fractions!r}") from None
     if not fractions or any(f <= 0 for f in fractions):
         raise UsageError(f"--fractions must be positive, got {args.fractions!r}")
+    if args.refine < 0:
+        raise UsageError(f"--refine must be 0 or more, got {args.refine}")
     if not args.overload > 0:
         raise UsageError(f"--overload must be positive, got {args.overload:g}")
     _common.conditions([args.stop_when], "--stop-when", parse_stop_when)
     return Settings(fractions=fractions, step_duration=_common.duration_option(args.step_duration, "--step-duration"),
                     overload=args.overload,
                     overload_duration=_common.duration_option(args.overload_duration, "--overload-duration"),
-                    stop_when=args.stop_when)
+                    stop_when=args.stop_when, refine=args.refine)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -100,6 +100,7 @@ class Settings:
     stop_when: str = "p99>1s"
     timeout: float = 10.0
     max_in_flight: int = 2000
+    refine: int = 1  # bisection steps after each sweep (sweep --refine); 1 keeps the default run near 3 minutes
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -127,13 +128,14 @@ def machine_info() -> dict[str, Any]:
 async def sweep_fractions(reactor: Any, target: Target, settings: Settings, ceiling_rps: float, work_ms: float,
                           connection: str, scrape_url: str | None, progress: Any = None) -> RunResult:
     """Open-model steps at ``settings.fractions`` of the ceiling, stopping early per ``settings.stop_when``,
-    and the knee (its p99 limit ``settings.knee_p99_ms``, else the default one given the work time)."""
+    ``settings.refine`` bisection steps, and the knee (its p99 limit ``settings.knee_p99_ms``, else the
+    default one given the work time)."""
     plans = [Plan(model="open", rate=round(f * ceiling_rps, 3), duration=settings.step_duration,
                   warmup=settings.warmup if i == 0 else 0.0, connection=connection, timeout=settings.timeout,
                   max_in_flight=settings.max_in_flight) for i, f in enumerate(settings.fractions)]
     stop = [parse_stop_when(settings.stop_when)] if settings.stop_when else []
     return await sweep(reactor, target, plans, scrape_url, stop_when=stop, knee_p99_ms=settings.knee_p99_ms,
-                       work_ms=work_ms, progress=progress)
+                       work_ms=work_ms, progress=progress, refine=settings.refine)
 
 
 def _loopback(port: int) -> Target:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from loadgen.lib.analysis import DEFAULT_KNEE_LIMIT
+from loadgen.lib.reactor_model import reactor_model_lines
 from loadgen.lib.report import (
     html_escape,
     html_figure,
@@ -281,6 +282,7 @@ def build_report(document: dict[str, Any], plots: list[str] | None = None) -> st
     gil = gil_findings(rows)
     if gil:
         lines += ["", "## Work that holds the GIL", ""] + [f"- {s}" for s in gil]
+    lines += reactor_model_lines(document)
     orig = original_findings(rows, m)
     if orig:
         lines += ["", "## Against the original experiment", ""] + [f"- {s}" for s in orig]

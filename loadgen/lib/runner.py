@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import insort
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -71,7 +72,7 @@ async def sweep(
     (:func:`loadgen.lib.analysis.default_p99_limit_ms`, which ``work_ms`` enters when given), fixed by
     the grid's steps.  ``refine`` more steps (like the last plan, without warm-up, marked ``refined``)
     then bisect between the knee and the first failing step above it (:func:`loadgen.lib.analysis.refine_rate`),
-    so that the knee is not just the best grid step.
+    so that the knee is not just the best grid step; each takes its place among the steps by offered rate.
     """
     started_at = now_iso()
     steps = await run_steps(reactor, target, plans, scrape_url, progress=progress, stop_when=stop_when)
@@ -85,7 +86,7 @@ async def sweep(
         [step] = await run_steps(reactor, target, [replace(plans[-1], rate=rate, warmup=0.0)], scrape_url,
                                  progress=progress)
         step.refined = True
-        steps.append(step)
+        insort(steps, step, key=lambda s: s.offered_rps or 0.0)
     result = RunResult(target=target.url, model="open", connection=plans[0].connection if plans else "keep-alive",
                        started_at=started_at, steps=steps)
     knee = find_knee(steps, limit, work_ms=work_ms)

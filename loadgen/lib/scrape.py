@@ -40,6 +40,8 @@ class ServerSample:
     work_iterations: float | None = None
     work_seconds_sum: float | None = None
     work_count: float | None = None
+    reactor_cpu_s: float | None = None  # dataserv_thread_cpu_seconds_total{role="reactor"}
+    answered: float | None = None  # dataserv_requests_total, every route and code
     # cumulative (le, count) of request_duration_seconds for ROUTE, and of reactor_lag_seconds
     duration_buckets: list[tuple[float, float]] = field(default_factory=list)
     lag_buckets: list[tuple[float, float]] = field(default_factory=list)
@@ -51,6 +53,7 @@ _WANTED = frozenset({
     "dataserv_request_duration_seconds_bucket", "dataserv_request_duration_seconds_count",
     "dataserv_reactor_lag_seconds_bucket", "dataserv_work_iterations",
     "dataserv_work_duration_seconds_sum", "dataserv_work_duration_seconds_count",
+    "dataserv_thread_cpu_seconds_total", "dataserv_requests_total",
 })
 # Single-series names and the ServerSample field each one sets.
 _SCALARS = {
@@ -101,7 +104,7 @@ def _samples(text: str) -> Iterator[tuple[str, dict[str, str], float]]:
 def parse_exposition(text: str, t: float, route: str = ROUTE) -> ServerSample:
     """Read dataserv's metrics from a Prometheus text exposition (absent ones stay None)."""
     sample = ServerSample(t=t)
-    backlog = shed = None
+    backlog = shed = answered = None
     buckets: dict[float, float] = {}
     lag: dict[float, float] = {}
     for name, labels, value in _samples(text):
@@ -113,11 +116,15 @@ def parse_exposition(text: str, t: float, route: str = ROUTE) -> ServerSample:
             backlog = (backlog or 0.0) + value
         elif name == "dataserv_requests_shed_total":
             shed = (shed or 0.0) + value
+        elif name == "dataserv_requests_total":
+            answered = (answered or 0.0) + value
+        elif name == "dataserv_thread_cpu_seconds_total" and labels.get("role") == "reactor":
+            sample.reactor_cpu_s = (sample.reactor_cpu_s or 0.0) + value  # with --workers, every reactor
         elif name == "dataserv_request_duration_seconds_bucket" and labels.get("route") == route:
             buckets[float(labels["le"])] = value
         elif name == "dataserv_reactor_lag_seconds_bucket":
             lag[float(labels["le"])] = value
-    sample.backlog, sample.shed = backlog, shed
+    sample.backlog, sample.shed, sample.answered = backlog, shed, answered
     sample.duration_buckets = sorted(buckets.items())
     sample.lag_buckets = sorted(lag.items())
     return sample
@@ -188,6 +195,8 @@ def summarize(samples: list[ServerSample], load_end: int | None = None) -> dict[
     p99 = p99_ms(first.duration_buckets, last.duration_buckets)
     work_sum, work_count = _delta(first, last, "work_seconds_sum"), _delta(first, last, "work_count")
     work_ms_mean = round(1000.0 * work_sum / work_count, 3) if work_sum is not None and work_count else None
+    reactor_s, answered = _delta(first, last, "reactor_cpu_s"), _delta(first, last, "answered")
+    reactor_ms = round(1000.0 * reactor_s / answered, 4) if reactor_s is not None and answered else None
     series = []
     a = samples[0]
     for b in samples[1:]:
@@ -214,6 +223,7 @@ def summarize(samples: list[ServerSample], load_end: int | None = None) -> dict[
         "reactor_lag_p99_ms": p99_ms(first.lag_buckets, last.lag_buckets),
         "work_iterations": last.work_iterations,
         "work_ms_mean": work_ms_mean,
+        "reactor_cpu_ms_per_request": reactor_ms,
         "timeseries": series,
     }
 

@@ -1,0 +1,128 @@
+"""The reactor model of the compare report: its arithmetic on fixed numbers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from loadgen.lib.reactor_model import (
+    effective_cores,
+    model_rows,
+    predicted_knee_rps,
+    reactor_model_lines,
+    reactor_ms_per_request,
+    saturation_cores,
+    scaling_table,
+)
+
+
+@pytest.mark.parametrize(
+    ("cores", "work_ms", "reactor_ms", "inline", "expected"),
+    [
+        (1, 4.0, 0.1, False, 250.0),  # the pool limits: 1 / 4 ms
+        (2, 4.0, 0.1, False, 500.0),
+        (15, 4.0, 0.1, False, 3750.0),
+        (40, 4.0, 0.1, False, 10000.0),  # past w / r = 40 cores the reactor limits: 1 / 0.1 ms
+        (64, 4.0, 0.1, False, 10000.0),
+        (8, 2.0, 0.25, False, 4000.0),  # exactly at saturation both bounds agree
+        (1, 0.5, 1.0, False, 1000.0),  # a reactor slower than one worker
+        (1, 4.0, 1.0, True, 200.0),  # inline: work and reactor share one core, 1 / (w + r)
+        (4, 4.0, 1.0, True, 200.0),  # inline has no pool
+    ],
+)
+def test_predicted_knee(cores: int, work_ms: float, reactor_ms: float, inline: bool, expected: float) -> None:
+    """min(cores / w, 1 / r) requests/s with w and r in ms; inline 1 / (w + r)."""
+    assert predicted_knee_rps(cores, work_ms, reactor_ms, inline=inline) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("work_ms", "reactor_ms", "expected"), [(4.0, 0.1, 40.0), (2.0, 0.25, 8.0), (1.0, 2.0, 0.5)])
+def test_saturation_cores(work_ms: float, reactor_ms: float, expected: float) -> None:
+    """One reactor is as busy as its pool at w / r pool cores."""
+    assert saturation_cores(work_ms, reactor_ms) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("work_ms", "reactor_ms"), [(0.0, 0.1), (4.0, 0.0), (-1.0, 0.1)])
+def test_predicted_knee_needs_positive_times(work_ms: float, reactor_ms: float) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        predicted_knee_rps(2, work_ms, reactor_ms)
+
+
+@pytest.mark.parametrize(
+    ("dispatch", "kind", "pool", "expected"),
+    [("threads", "python", 8, 1), ("threads", "pbkdf2", 8, 8), ("processes", "python", 8, 8),
+     ("processes", "pbkdf2", 3, 3)],
+)
+def test_effective_cores(dispatch: str, kind: str, pool: int, expected: int) -> None:
+    """Work that holds the GIL (pure Python on threads) has one core whatever the pool."""
+    assert effective_cores(dispatch, kind, pool) == expected
+
+
+def entry(dispatch: str, kind: str, pool: int, knee: float | None, reactor_ms: list[float | None],
+          knee_step: int | None = None) -> dict[str, Any]:
+    steps = [{"server": None if r is None else {"reactor_cpu_ms_per_request": r}} for r in reactor_ms]
+    return {"name": f"{dispatch}-{kind}-keep-alive", "dispatch": dispatch, "work_kind": kind, "pool_size": pool,
+            "work_ms": 4.0, "knee_rps": knee,
+            "result": {"steps": steps, "knee": None if knee_step is None else {"step": knee_step}}}
+
+
+@pytest.mark.parametrize(
+    ("reactor_ms", "knee_step", "expected"),
+    [
+        ([0.3, 0.2, 0.1], 1, 0.2),  # the knee step's
+        ([0.3, 0.2, 0.1], None, 0.1),  # no knee: the last step's
+        ([0.3, 0.2, None], None, 0.2),  # the last step that has one
+        ([0.3, None, 0.1], 1, 0.1),  # the knee step was not scraped
+        ([None, None], None, None),
+        ([], None, None),
+    ],
+)
+def test_reactor_ms_per_request(reactor_ms: list, knee_step: int | None, expected: float | None) -> None:
+    assert reactor_ms_per_request(entry("threads", "pbkdf2", 2, 400.0, reactor_ms, knee_step)) == expected
+
+
+DOCUMENT = {"configurations": [
+    entry("inline", "pbkdf2", 1, 190.0, [0.2], 0),
+    entry("threads", "pbkdf2", 2, 450.0, [0.2], 0),
+    entry("threads", "python", 2, 240.0, [0.2], 0),
+    entry("processes", "pbkdf2", 2, None, [None]),
+]}
+
+
+def test_model_rows() -> None:
+    """Per configuration: cores, w, r, predicted knee, w / r and measured / predicted, None where unknown."""
+    rows = {row["name"]: row for row in model_rows(DOCUMENT)}
+    inline, threads, gil = (rows[f"{n}-keep-alive"] for n in ("inline-pbkdf2", "threads-pbkdf2", "threads-python"))
+    assert inline["predicted_rps"] == pytest.approx(1000 / 4.2)
+    assert (threads["cores"], threads["predicted_rps"], threads["saturation_cores"]) == (2, 500.0, 20.0)
+    assert threads["measured_over_predicted"] == pytest.approx(0.9)
+    assert (gil["cores"], gil["predicted_rps"], gil["measured_over_predicted"]) == (1, 250.0, pytest.approx(0.96))
+    absent = rows["processes-pbkdf2-keep-alive"]
+    assert absent["predicted_rps"] is None and absent["saturation_cores"] is None
+    assert absent["measured_over_predicted"] is None
+
+
+def test_report_section() -> None:
+    """The section shows each configuration's numbers and states the one-core ceiling of GIL-holding work."""
+    text = "\n".join(reactor_model_lines(DOCUMENT))
+    assert "## How many cores can one reactor feed" in text
+    assert "| threads-pbkdf2-keep-alive | 2 | 4.00 | 0.200 | 500.0 | 20.0 | 450.0 | 0.90 |" in text
+    assert "| processes-pbkdf2-keep-alive | 2 | 4.00 | - | - | - | - | - |" in text
+    assert "threads-python-keep-alive: the work holds the GIL, so its effective ceiling is one core, 250.0 rps" in text
+    assert "threads-pbkdf2-keep-alive: the work holds the GIL" not in text
+    assert reactor_model_lines({"configurations": []}) == []
+
+
+def test_scaling_table() -> None:
+    """bench/scaling.sh's summary: a line per pool size and configuration, and whether it is within 10%."""
+    runs = {2: {"configurations": [entry("threads", "pbkdf2", 2, 560.0, [0.2], 0)]},
+            3: {"configurations": [entry("threads", "pbkdf2", 3, 700.0, [0.2], 0)]},
+            1: {"configurations": [entry("threads", "pbkdf2", 1, 2400.0, [0.2], 0),
+                                   entry("threads", "python", 1, None, [None])]}}
+    assert scaling_table(runs) == [
+        "pool\tconfiguration\tw_ms\tr_ms\tpredicted_rps\tsaturates_at_cores\tmeasured_rps\tratio\twithin_10%",
+        "1\tthreads-pbkdf2-keep-alive\t4.00\t0.2000\t250.0\t20.0\t2400.0\t9.60\tno",
+        "1\tthreads-python-keep-alive\t4.00\t-\t-\t-\t-\t-\t-",
+        "2\tthreads-pbkdf2-keep-alive\t4.00\t0.2000\t500.0\t20.0\t560.0\t1.12\tno",
+        "3\tthreads-pbkdf2-keep-alive\t4.00\t0.2000\t750.0\t20.0\t700.0\t0.93\tyes",
+    ]
