@@ -26,6 +26,7 @@ from loadgen.lib.merge import merge_results
 from loadgen.lib.plan import Plan, Target
 from loadgen.lib.results import ERROR_KINDS, RunResult
 from loadgen.lib.scrape import parse_exposition, summarize
+from loadgen.lib.targets import TargetMix
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "docs" / "results-schema.md"
@@ -128,7 +129,9 @@ DATA = "data"
 CHILDREN: dict[str, dict[str, str]] = {
     "result": {"steps": "step", "knee": "knee", "slo": "slo"},
     "step": {"latency_ms": "latency", "service_time_ms": "latency", "connect_ms": "latency",
-             "generator": "generator", "server": "server", "timeseries": "timeseries", "errors": DATA},
+             "generator": "generator", "server": "server", "timeseries": "timeseries", "errors": DATA,
+             "codes": DATA, "targets": "target"},
+    "target": {"errors": DATA, "codes": DATA, "latency_ms": "latency"},
     "compare": {"machine": "machine", "settings": "settings", "configurations": "configuration",
                 "peers": "configuration"},
     "configuration": {"result": "result", "overload": "step"},
@@ -138,6 +141,7 @@ CHILDREN: dict[str, dict[str, str]] = {
 SECTIONS = {
     "result": "Top level",
     "step": "Step",
+    "target": "Per-target breakdown",
     "latency": "Latency summary",
     "generator": "Generator",
     "server": "Server scrape",
@@ -236,13 +240,16 @@ class _Scraper:
 def produced_result(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """A result file's object as loadgen writes it: the real runner and engine, against an in-memory server.
 
-    One open-model ``Connection: close`` step with a scrape, a knee and an SLO: every optional field set.
+    One open-model ``Connection: close`` step over a mix of two targets, with a scrape, a knee and an SLO:
+    every optional field set.
     Connections are answered in memory on a fake clock (no sockets, no load, a few milliseconds).
     """
     reactor = MemoryReactorClock()
     monkeypatch.setattr(runner, "Scraper", _Scraper)
     monkeypatch.setattr(runner, "Engine", functools.partial(Engine, now=reactor.seconds))  # the fake clock
-    target = Target(address="127.0.0.1", port=8080, host_header=b"127.0.0.1:8080", path=b"/data")
+    target = TargetMix([Target(address="127.0.0.1", port=8080, host_header=b"127.0.0.1:8080", path=b"/data"),
+                        Target(address="127.0.0.1", port=8080, host_header=b"127.0.0.1:8080", path=b"/echo",
+                               method=b"POST", body=b"{}", weight=2)])
     plan = Plan(model="open", rate=1000.0, duration=0.05, connection="close", timeout=1.0)
     done = ensureDeferred(runner.run_steps(reactor, target, [plan], "http://127.0.0.1:8080/metrics"))
     answered = 0

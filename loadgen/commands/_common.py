@@ -9,18 +9,19 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from loadgen.lib.analysis import Slo
-from loadgen.lib.inputs import InputError, parse_duration
-from loadgen.lib.plan import Plan, Target, resolve_target
+from loadgen.lib.inputs import InputError, parse_duration, parse_status_codes
+from loadgen.lib.plan import Plan, resolve_target
 from loadgen.lib.progress import Progress
 from loadgen.lib.report import render
 from loadgen.lib.results import RunResult, StepResult
+from loadgen.lib.targets import TargetMix, parse_target_file, read_body_file
 
 EXIT_ERROR = 2
 EXIT_SLO = 3
 T = TypeVar("T")
 
 # The flag of each library input whose flag is not simply --NAME (with - for _).
-_FLAGS = {"header": "-H", "URL": "URL"}
+_FLAGS = {"header": "-H", "URL": "URL", "method": "-m/--method"}
 
 
 class UsageError(Exception):
@@ -69,7 +70,16 @@ def conditions(exprs: Sequence[str], flag: str, parse: Callable[[str], Slo]) -> 
 
 def add_load_options(p: argparse.ArgumentParser) -> None:
     """The options ``run`` and ``sweep`` share: the URL, connections, timeouts, headers, scrape, output."""
-    p.add_argument("url", help="http:// URL to load")
+    p.add_argument("url", nargs="?", help="http:// URL to load (or --targets)")
+    p.add_argument("--targets", metavar="PATH",
+                   help="requests to send instead of URL: vegeta's http format or JSON lines, with weights")
+    p.add_argument("-m", "--method", help="URL's request method (default GET)")
+    body = p.add_mutually_exclusive_group()
+    body.add_argument("--body", metavar="TEXT", help="URL's request body (UTF-8), sent with a Content-Length")
+    body.add_argument("--body-file", metavar="PATH", help="URL's request body, the bytes of a file")
+    p.add_argument("--expect-status", metavar="CODES",
+                   help="e.g. 200,204: other status codes count as errors of kind status "
+                        "(default: 4xx and 5xx are errors)")
     p.add_argument("--connection", choices=("keep-alive", "close"), default="keep-alive",
                    help="keep-alive (connections reused, capped) or close (one connection per request)")
     p.add_argument("--timeout", default="10s", help="per-request timeout (default 10s)")
@@ -82,12 +92,38 @@ def add_load_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no live progress")
 
 
-def target(args: argparse.Namespace) -> Target:
-    """The URL checked and resolved once, with the -H headers."""
+def target(args: argparse.Namespace) -> TargetMix:
+    """What to send: the URL (with -m, --body, --body-file) or the --targets file, each with the -H headers."""
     try:
-        return resolve_target(args.url, args.headers)
+        expect = parse_status_codes(args.expect_status) if args.expect_status is not None else None
+        if args.targets is not None:
+            if args.url is not None:
+                raise UsageError("give URL or --targets, not both")
+            for flag, value in (("-m/--method", args.method), ("--body", args.body), ("--body-file", args.body_file)):
+                if value is not None:
+                    raise UsageError(f"{flag} applies to URL; with --targets, give it in the targets file")
+            return TargetMix(parse_target_file(args.targets, args.headers), expect_status=expect)
+        if args.url is None:
+            raise UsageError("URL or --targets is required")
+        body = args.body.encode("utf-8") if args.body is not None else None
+        if args.body_file is not None:
+            body = read_body_file(args.body_file)
+        one = resolve_target(args.url, args.headers, method=args.method or "GET", body=body)
+        return TargetMix([one], expect_status=expect, per_target=False)
     except InputError as e:
         raise named(e) from None
+
+
+def target_argv(args: argparse.Namespace) -> list[str]:
+    """The options of :func:`target` as a command line again (for child generators)."""
+    argv = [args.url] if args.url is not None else ["--targets", args.targets]
+    for h in args.headers:
+        argv += ["-H", h]
+    for flag, value in (("--method", args.method), ("--body", args.body), ("--body-file", args.body_file),
+                        ("--expect-status", args.expect_status)):
+        if value is not None:
+            argv.append(f"{flag}={value}")  # one word: a body may start with "-"
+    return argv
 
 
 def plan(args: argparse.Namespace, *, rate: float | None, concurrency: int | None, duration: float,

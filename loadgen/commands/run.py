@@ -17,9 +17,10 @@ from loadgen.commands._common import UsageError
 from loadgen.lib.analysis import parse_slo
 from loadgen.lib.inputs import InputError, parse_shard
 from loadgen.lib.merge import merge_results
-from loadgen.lib.plan import Plan, Target
+from loadgen.lib.plan import Plan
 from loadgen.lib.results import RunResult, StepResult, now_iso
 from loadgen.lib.runner import run_steps
+from loadgen.lib.targets import TargetMix
 
 HELP = "one step of load, open (--rate) or closed (--concurrency) model"
 
@@ -61,12 +62,12 @@ def main(args: argparse.Namespace) -> int:
         result = _run_procs(args, shard)
     else:
         steps = _run(args, target, plan)
-        result = RunResult(target=args.url, model=plan.model, connection=args.connection, started_at=now_iso(),
+        result = RunResult(target=target.url, model=plan.model, connection=args.connection, started_at=now_iso(),
                            steps=steps)
     return _common.finish(args, result, slos, step_for_slo=result.steps[-1] if result.steps else None)
 
 
-def _run(args: argparse.Namespace, target: Target, plan: Plan) -> list[StepResult]:
+def _run(args: argparse.Namespace, target: TargetMix, plan: Plan) -> list[StepResult]:
     """The step on the global reactor, from the common start time (--start-at) when there is one."""
     progress = _common.progress(args)
 
@@ -97,12 +98,10 @@ def _run_procs(args: argparse.Namespace, shard: tuple[int, int]) -> RunResult:
     with tempfile.TemporaryDirectory(prefix="loadgen-") as tmp:
         children = []
         for i in range(n):
-            argv = [sys.executable, "-m", "loadgen", "run", args.url, "--duration", args.duration,
+            argv = [sys.executable, "-m", "loadgen", "run", *_common.target_argv(args), "--duration", args.duration,
                     "--warmup", args.warmup, "--connection", args.connection, "--timeout", args.timeout,
                     "--quiet", "--out", os.path.join(tmp, f"{i}.json"), "--start-at", repr(start_at),
                     "--max-in-flight", str(max(1, args.max_in_flight // n))]
-            for h in args.headers:
-                argv += ["-H", h]
             if args.rate is not None:
                 index, count = shard  # child i: every (count * n)-th request of the whole, from index + i * count
                 argv += ["--rate", repr(args.rate), "--shard", f"{index + i * count}/{count * n}"]

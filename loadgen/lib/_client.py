@@ -27,20 +27,29 @@ from twisted.web.http_headers import Headers
 from dataserv._compat import ClientRequest as Request
 from dataserv._compat import HTTP11ClientProtocol
 
+_BODY_METHODS = (b"POST", b"PUT", b"PATCH")
+
 
 class PreparedRequest(Request):
-    """A GET whose request head is serialised once and written as one buffer."""
+    """A request whose head (and body) is serialised once and written as one buffer."""
 
-    def __init__(self, path: bytes, host: bytes, extra_headers: list[tuple[bytes, bytes]], persistent: bool):
+    def __init__(self, path: bytes, host: bytes, extra_headers: list[tuple[bytes, bytes]], persistent: bool,
+                 method: bytes = b"GET", body: bytes | None = None):
+        if body is None and method in _BODY_METHODS:
+            body = b""  # an explicit Content-Length: 0 (some servers answer 411 without one)
         headers = Headers({b"host": [host]})
         for name, value in extra_headers:
             headers.addRawHeader(name, value)
-        super().__init__(b"GET", path, headers, None, persistent)
-        lines = [b"GET " + path + b" HTTP/1.1\r\n", b"Host: " + host + b"\r\n"]
+        super().__init__(method, path, headers, None, persistent)
+        lines = [method + b" " + path + b" HTTP/1.1\r\n", b"Host: " + host + b"\r\n"]
         if not persistent:
             lines.append(b"Connection: close\r\n")
         lines += [name + b": " + value + b"\r\n" for name, value in extra_headers]
+        if body is not None:
+            lines.append(b"Content-Length: %d\r\n" % len(body))
         lines.append(b"\r\n")
+        if body is not None:
+            lines.append(body)
         self._bytes = b"".join(lines)
 
     def writeTo(self, transport: Any) -> Deferred[None]:
@@ -74,6 +83,7 @@ class Connection(HTTP11ClientProtocol):
         super().__init__(quiescentCallback=owner.connection_idle)
         self.owner = owner
         self.attempt = 0.0  # close mode: the intended start of the request this connection is for
+        self.target_index = 0  # close mode: which target that request goes to
         self.connect_started = 0.0  # when connecting began (the owner's clock)
         self.timed_out = False  # the owner aborted it past its deadline
 

@@ -35,6 +35,7 @@ from loadgen.lib.pacer import ConstantPacer
 from loadgen.lib.plan import Plan, Target
 from loadgen.lib.recorder import Recorder
 from loadgen.lib.results import StepResult
+from loadgen.lib.targets import TargetMix
 
 # The reactor's timers have 1 ms resolution (epoll_wait rounds its timeout
 # up to whole milliseconds), so a timer for time T fires somewhere in
@@ -69,12 +70,17 @@ def classify(failure: Failure | None, status: int) -> str | None:
 
 
 class Engine(ConnectionOwner):
-    """Runs one :class:`Plan` against one :class:`Target` and answers a :class:`StepResult`."""
+    """Runs one :class:`Plan` against one :class:`Target` (or a :class:`TargetMix`) and answers a :class:`StepResult`.
+
+    Request *n* of the schedule (open model: counted across shards; closed:
+    in the order users start them) goes to target ``schedule[n % period]``:
+    one list lookup per request, the same sequence on every run.
+    """
 
     def __init__(
         self,
         reactor: Any,
-        target: Target,
+        target: Target | TargetMix,
         plan: Plan,
         *,
         now: Callable[[], float] = time.monotonic,
@@ -86,13 +92,19 @@ class Engine(ConnectionOwner):
         self.reactor = reactor
         self.start = start  # the schedule's zero on the ``now`` clock; default: when run() is called
         self.on_schedule_end = on_schedule_end
-        self.target = target
+        mix = target if isinstance(target, TargetMix) else TargetMix([target], per_target=False)
+        self.target = mix
         self.plan = plan
         self.now = now
         self.cpu = cpu
         self.progress = progress
         self.close_mode = plan.connection == "close"
-        self.request = PreparedRequest(target.path, target.host_header, target.headers, not self.close_mode)
+        self.requests = [PreparedRequest(t.path, t.host_header, t.headers, not self.close_mode, t.method, t.body)
+                         for t in mix.targets]
+        self.schedule = mix.schedule
+        self.period = len(mix.schedule)
+        self.expect_status = mix.expect_status
+        self.admitted = 0  # closed model: requests started so far (their index in the schedule)
         self.pacer = ConstantPacer(plan.rate, *plan.shard) if plan.model == "open" else None
         self.cap = plan.connection_cap
         # connection bookkeeping
@@ -101,14 +113,15 @@ class Engine(ConnectionOwner):
         self.connecting = 0
         self.opened = 0
         self.busy: dict[Connection, tuple[float, float, float]] = {}  # conn -> (intended, sent, deadline)
-        # attempts admitted (in flight) but not yet sent: intended start times
-        self.pending: deque[float] = deque()
-        # open model: due starts that found max_in_flight full
-        self.waiting: deque[float] = deque()
+        # attempts admitted (in flight) but not yet sent: (intended start, target index)
+        self.pending: deque[tuple[float, int]] = deque()
+        # open model: due starts that found max_in_flight full: (intended start, target index)
+        self.waiting: deque[tuple[float, int]] = deque()
         self.in_flight = 0
         self.started = 0  # open model: requests started on the schedule so far
         self.users_active = 0
-        self.recorder = Recorder(0.0, closed_model=plan.model == "closed", connect_times=self.close_mode)
+        self.recorder = Recorder(0.0, closed_model=plan.model == "closed", connect_times=self.close_mode,
+                                 targets=[(t.label, t.weight) for t in mix.targets] if mix.per_target else None)
         self._tick_call: IDelayedCall | None = None
         self._sweep_call: IDelayedCall | None = None
         self._progress_call: IDelayedCall | None = None
@@ -139,7 +152,7 @@ class Engine(ConnectionOwner):
         else:
             for _ in range(self.plan.concurrency or 0):
                 self.users_active += 1
-                self._admit(self.now())
+                self._admit(self.now(), self._next_target())
         return self._done
 
     def _tick(self) -> None:
@@ -154,36 +167,46 @@ class Engine(ConnectionOwner):
         last = pacer.count_until(self.end - self.t0 - 1e-9)
         due = min(due, last)
         recorder = self.recorder
+        shard_index, shard_count = self.plan.shard
+        schedule, period = self.schedule, self.period
         while self.started < due:
             intended = self.t0 + pacer.intended(self.started)
+            index = schedule[(shard_index + self.started * shard_count) % period]
             self.started += 1
             if self.in_flight < self.cap:
                 recorder.started(intended, now, missed=False)
-                self._admit(intended)
+                self._admit(intended, index)
             else:
                 recorder.started(intended, now, missed=True)
-                self.waiting.append(intended)
+                self.waiting.append((intended, index))
         if self.started < last:
             delay = self.t0 + pacer.intended(self.started) - TIMER_RESOLUTION_S - self.now()
             self._tick_call = self.reactor.callLater(max(0.0, delay), self._tick)
 
-    def _admit(self, intended: float) -> None:
+    def _next_target(self) -> int:
+        """Closed model: the target of the next request a user starts."""
+        index = self.schedule[self.admitted % self.period]
+        self.admitted += 1
+        return index
+
+    def _admit(self, intended: float, index: int) -> None:
         self.in_flight += 1
         if self.close_mode:
             conn = connect(self.reactor, self.target.address, self.target.port, self, self.plan.timeout)
             conn.attempt = intended
+            conn.target_index = index
             conn.connect_started = self.now()
             self.connecting += 1
             self.opened += 1
             return
-        self.pending.append(intended)
+        self.pending.append((intended, index))
         self._pump()
 
     def _pump(self) -> None:
         """Keep-alive: send pending requests on idle connections, open more up to the cap."""
         pending, idle = self.pending, self.idle
         while pending and idle:
-            self._send(idle.pop(), pending.popleft())
+            self._send(idle.pop(), *pending.popleft())
         need = len(pending) - self.connecting
         while need > 0 and self.open + self.connecting < self.cap:
             connect(self.reactor, self.target.address, self.target.port, self, self.plan.timeout)
@@ -191,28 +214,35 @@ class Engine(ConnectionOwner):
             self.opened += 1
             need -= 1
 
-    def _send(self, conn: Connection, intended: float) -> None:
+    def _send(self, conn: Connection, intended: float, index: int) -> None:
         sent = self.now()
         self.busy[conn] = (intended, sent, sent + self.plan.timeout)
-        conn.get(self.request, lambda status, length, failure: self._completed(conn, intended, sent, status, failure))
+        conn.get(self.requests[index],
+                 lambda status, length, failure: self._completed(conn, intended, sent, status, failure, index))
 
-    def _completed(self, conn: Connection, intended: float, sent: float, status: int, failure: Failure | None) -> None:
+    def _completed(self, conn: Connection, intended: float, sent: float, status: int, failure: Failure | None,
+                   index: int) -> None:
         now = self.now()
         self.busy.pop(conn, None)
         self.in_flight -= 1
-        kind = "timeout" if conn.timed_out else classify(failure, status)
-        self.recorder.finished(intended, sent, now, kind)
+        if conn.timed_out:
+            kind: str | None = "timeout"
+        elif failure is None and self.expect_status is not None:
+            kind = None if status in self.expect_status else "status"
+        else:
+            kind = classify(failure, status)
+        self.recorder.finished(intended, sent, now, kind, status, index)
         self._next(now)
 
     def _next(self, now: float) -> None:
         """A slot freed: start what waits for it (open) or the user's next request (closed)."""
         if self.pacer is not None:
             if self.waiting and self.in_flight < self.cap:
-                self._admit(self.waiting.popleft())
+                self._admit(*self.waiting.popleft())
             elif not self.close_mode:
                 self._pump()
         elif not self._stopping:
-            self._admit(now)
+            self._admit(now, self._next_target())
         else:
             self.users_active -= 1
         self._maybe_done()
@@ -224,7 +254,7 @@ class Engine(ConnectionOwner):
         self.open += 1
         if self.close_mode:
             self.recorder.connected(conn.attempt, self.now() - conn.connect_started)
-            self._send(conn, conn.attempt)
+            self._send(conn, conn.attempt, conn.target_index)
         else:
             self.idle.append(conn)
             self._pump()
@@ -249,13 +279,13 @@ class Engine(ConnectionOwner):
         self.connecting -= 1
         now = self.now()
         if self.close_mode:
-            intended = conn.attempt
+            intended, index = conn.attempt, conn.target_index
         elif self.pending:
-            intended = self.pending.popleft()
+            intended, index = self.pending.popleft()
         else:
             return
         self.in_flight -= 1
-        self.recorder.finished(intended, None, now, classify(reason, 0))
+        self.recorder.finished(intended, None, now, classify(reason, 0), 0, index)
         self._next(now)
 
     # -- timeouts, progress, the end ------------------------------------
@@ -300,9 +330,11 @@ class Engine(ConnectionOwner):
                 conn.transport.abortConnection()
         while self.pending:
             self.in_flight -= 1
-            self.recorder.finished(self.pending.popleft(), None, now, "timeout")
+            intended, index = self.pending.popleft()
+            self.recorder.finished(intended, None, now, "timeout", 0, index)
         while self.waiting:
-            self.recorder.finished(self.waiting.popleft(), None, now, "timeout")
+            intended, index = self.waiting.popleft()
+            self.recorder.finished(intended, None, now, "timeout", 0, index)
         self._maybe_done(force=True)
 
     def _maybe_done(self, force: bool = False) -> None:

@@ -85,3 +85,24 @@ def parse_header(text: str) -> tuple[bytes, bytes]:
         return name.strip().encode("ascii"), value.strip().encode("latin-1")
     except UnicodeEncodeError:
         raise InputError("header", "must be ASCII", text) from None
+
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def parse_method(text: str) -> bytes:
+    """An HTTP method (an RFC 9110 token, sent as given: methods are case-sensitive)."""
+    if not _TOKEN.match(text or ""):
+        raise InputError("method", "must be an HTTP method like GET or POST", text)
+    return text.encode("ascii")
+
+
+def parse_status_codes(text: str) -> frozenset[int]:
+    """'200,204' as the set of status codes (each 100-599)."""
+    codes = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit() or not 100 <= int(part) <= 599:
+            raise InputError("expect_status", "must be status codes like 200,204", text)
+        codes.add(int(part))
+    return frozenset(codes)

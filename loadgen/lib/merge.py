@@ -50,6 +50,41 @@ def _merge_generator(generators: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def _add_counts(counts: Sequence[dict[str, int] | None]) -> dict[str, int] | None:
+    """Counts by key (error kinds, status codes) summed; None when no input has them."""
+    present = [c for c in counts if c is not None]
+    if not present:
+        return None
+    total: dict[str, int] = {}
+    for c in present:
+        for key, count in c.items():
+            total[key] = total.get(key, 0) + count
+    return {key: total[key] for key in sorted(total)}
+
+
+def _merge_targets(index: int, steps: Sequence[StepResult]) -> list[dict[str, Any]] | None:
+    """The per-target breakdowns added up target by target (the inputs ran the same targets, in order)."""
+    lists = [step.targets for step in steps if step.targets is not None]
+    if not lists:
+        return None
+    if len(lists) != len(steps) or any(len(t) != len(lists[0]) for t in lists):
+        raise ValueError(f"step {index}: the results do not break down over the same targets")
+    merged = []
+    for entries in zip(*lists, strict=True):
+        latency = _merged_histogram([entry["histogram"] for entry in entries])
+        merged.append({
+            "target": entries[0]["target"],
+            "weight": entries[0]["weight"],
+            "requests": sum(entry["requests"] for entry in entries),
+            "ok": sum(entry["ok"] for entry in entries),
+            "errors": _add_counts([entry["errors"] for entry in entries]) or {},
+            "codes": _add_counts([entry["codes"] for entry in entries]) or {},
+            "latency_ms": latency.summary(),
+            "histogram": latency.encode(),
+        })
+    return merged
+
+
 def _earliest(timestamps: Sequence[str]) -> str:
     try:
         return min(timestamps, key=datetime.fromisoformat)
@@ -94,6 +129,8 @@ def _merge_step(index: int, steps: Sequence[StepResult]) -> StepResult:
         connect_histogram=connect.encode() if connect is not None else None,
         connections_opened=_sum_optional([step.connections_opened for step in steps]),
         timeseries=None,  # per-process timelines do not align sample by sample
+        codes=_add_counts([step.codes for step in steps]),
+        targets=_merge_targets(index, steps),
     )
 
 

@@ -6,7 +6,7 @@ import socket
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
-from loadgen.lib.inputs import InputError, parse_header
+from loadgen.lib.inputs import InputError, parse_header, parse_method
 
 
 @dataclass
@@ -19,14 +19,24 @@ class Target:
     path: bytes
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     url: str = ""  # as the user gave it, for the result file; default: from the Host header and path
+    method: bytes = b"GET"
+    body: bytes | None = None  # sent with a Content-Length; None: no body
+    weight: int = 1  # its share of requests within a mix of targets
+
+    @property
+    def label(self) -> str:
+        """How results name it: the method and the URL."""
+        return f"{self.method.decode('ascii')} {self.url}"
 
     def __post_init__(self) -> None:
         if not self.url:
             self.url = f"http://{self.host_header.decode('idna')}{self.path.decode('ascii')}"
 
 
-def resolve_target(url: str, headers: list[str] | None = None) -> Target:
+def resolve_target(url: str, headers: list[str] | None = None, *, method: str = "GET", body: bytes | None = None,
+                   weight: int = 1) -> Target:
     """Check the URL and resolve its host once (the hot path does no name lookups); headers are 'Name: value'."""
+    method_bytes = parse_method(method)
     parts = urlsplit(url)
     if parts.scheme != "http":
         raise InputError("URL", "must start with http:// (https is not supported)", url)
@@ -48,7 +58,8 @@ def resolve_target(url: str, headers: list[str] | None = None) -> Target:
     host_header = parts.netloc.rsplit("@", 1)[-1]
     return Target(address=address, port=port, host_header=host_header.encode("idna"),
                   path=path.encode("ascii") if path.isascii() else quote(path, safe="/?&=%:+,;@!$'()*~").encode("ascii"),
-                  headers=[parse_header(h) for h in headers or []], url=url)
+                  headers=[parse_header(h) for h in headers or []], url=url, method=method_bytes, body=body,
+                  weight=weight)
 
 
 @dataclass

@@ -20,10 +20,43 @@ SATURATION_LAG_MS = 10.0
 SATURATION_CPU_PERCENT = 95.0
 
 
-class Recorder:
-    """Counts and histograms of one step's measured window (from ``measure_from``, on the engine's clock)."""
+class _TargetCounts:
+    """One target's share of a step: counts, status codes and the latency of its successes."""
 
-    def __init__(self, measure_from: float, *, closed_model: bool, connect_times: bool) -> None:
+    __slots__ = ("requests", "ok", "errors", "codes", "latency")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.ok = 0
+        self.errors: dict[str, int] = {}
+        self.codes: dict[int, int] = {}
+        self.latency = LatencyHistogram()
+
+    def to_dict(self, label: str, weight: int) -> dict[str, Any]:
+        return {
+            "target": label,
+            "weight": weight,
+            "requests": self.requests,
+            "ok": self.ok,
+            "errors": dict(self.errors),
+            "codes": {str(code): count for code, count in sorted(self.codes.items())},
+            "latency_ms": self.latency.summary(),
+            "histogram": self.latency.encode(),
+        }
+
+
+class Recorder:
+    """Counts and histograms of one step's measured window (from ``measure_from``, on the engine's clock).
+
+    With ``targets`` (their labels and weights), each outcome is also
+    counted for the target it went to, so per-target figures add up to the totals.
+    """
+
+    def __init__(self, measure_from: float, *, closed_model: bool, connect_times: bool,
+                 targets: list[tuple[str, int]] | None = None) -> None:
+        self.codes: dict[int, int] = {}
+        self.target_info = targets
+        self.per_target = [_TargetCounts() for _ in targets] if targets else None
         self.measure_from = measure_from
         self.closed_model = closed_model
         self.latency = LatencyHistogram()
@@ -53,8 +86,11 @@ class Recorder:
         if intended >= self.measure_from and self.connect is not None:
             self.connect.record_ms(seconds * 1000.0)
 
-    def finished(self, intended: float, sent: float | None, now: float, kind: str | None) -> None:
+    def finished(self, intended: float, sent: float | None, now: float, kind: str | None, status: int = 0,
+                 target: int = 0) -> None:
         """A request ended at ``now``: a success (``kind`` None) or an error of ``kind``; ``sent`` None if never sent.
+
+        ``status`` is the response's code (0: none came); ``target`` the index of the target it went to.
 
         Latency runs from the intended start, or from the send when the
         request left early (so it never counts less than its service time).
@@ -65,6 +101,13 @@ class Recorder:
         if self.first_intended is None:
             self.first_intended = intended
         self.last_done = max(self.last_done, now)
+        if status:
+            self.codes[status] = self.codes.get(status, 0) + 1
+        counts = self.per_target[target] if self.per_target is not None else None
+        if counts is not None:
+            counts.requests += 1
+            if status:
+                counts.codes[status] = counts.codes.get(status, 0) + 1
         if kind is None:
             self.ok += 1
             if self.first_ok_done is None:
@@ -74,8 +117,13 @@ class Recorder:
             self.latency.record_ms((now - start) * 1000.0)
             if sent is not None:
                 self.service.record_ms((now - sent) * 1000.0)
+            if counts is not None:
+                counts.ok += 1
+                counts.latency.record_ms((now - start) * 1000.0)
         else:
             self.errors[kind] += 1
+            if counts is not None:
+                counts.errors[kind] = counts.errors.get(kind, 0) + 1
         if self.closed_model:
             self.busy_s += now - intended
 
@@ -145,4 +193,8 @@ class Recorder:
             service_histogram=self.service.encode(),
             connect_histogram=self.connect.encode() if self.connect is not None else None,
             connections_opened=connections_opened,
+            codes={str(code): count for code, count in sorted(self.codes.items())},
+            targets=[counts.to_dict(label, weight) for counts, (label, weight)
+                     in zip(self.per_target, self.target_info, strict=True)]
+            if self.per_target is not None and self.target_info is not None else None,
         )

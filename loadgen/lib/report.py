@@ -88,6 +88,18 @@ def _notes(result: RunResult) -> list[str]:
         kinds = " ".join(f"{kind}={count}" for kind, count in step.errors.items() if count)
         if kinds:
             lines.append(f"errors at {_step_label(index, step)}: {kinds}")
+        if step.codes:
+            codes = " ".join(f"{code}={count}" for code, count in sorted(step.codes.items()))
+            lines.append(f"status codes at {_step_label(index, step)}: {codes}")
+        for label, entry in per_target(step):
+            errors = " ".join(f"{kind}={count}" for kind, count in sorted((entry.get("errors") or {}).items()))
+            codes = " ".join(f"{code}={count}" for code, count in sorted((entry.get("codes") or {}).items()))
+            latency = entry.get("latency_ms") or {}
+            lines.append(
+                f"  target {label} (weight {entry.get('weight')}): requests {entry.get('requests')}, "
+                f"ok {entry.get('ok')}, errors {errors or 'none'}, codes {codes or 'none'}, "
+                f"p50 {_num(latency.get('p50'), 2)} ms, p99 {_num(latency.get('p99'), 2)} ms"
+            )
     if result.knee is not None:
         knee = result.knee
         lines.append(f"knee: {knee['rps']:.1f} rps at p99 {knee['p99_ms']:.2f} ms ({knee['rule']})")

@@ -12,7 +12,7 @@ from typing import Any
 
 from loadgen import __version__
 
-ERROR_KINDS = ("connect_refused", "connect_timeout", "reset", "timeout", "http_5xx", "http_4xx", "other")
+ERROR_KINDS = ("connect_refused", "connect_timeout", "reset", "timeout", "status", "http_5xx", "http_4xx", "other")
 MODELS = ("open", "closed")
 CONNECTIONS = ("keep-alive", "close")
 GENERATOR_KEYS = ("schedule_lag_ms_p99", "cpu_percent", "saturated")
@@ -54,6 +54,8 @@ class StepResult:
     connections_opened: int | None = None
     timeseries: list[Any] | None = None
     refined: bool | None = None  # a step of sweep --refine's bisection, not of the grid
+    codes: dict[str, int] | None = None  # responses by HTTP status code
+    targets: list[dict[str, Any]] | None = None  # per-target breakdown of a mix of targets
 
     @property
     def error_count(self) -> int:
@@ -87,7 +89,8 @@ class StepResult:
         return cls(**{name: data.get(name) for name in _STEP_REQUIRED + _STEP_EXTRAS})
 
 
-_STEP_EXTRAS = ("service_histogram", "connect_histogram", "connections_opened", "timeseries", "refined")
+_STEP_EXTRAS = ("service_histogram", "connect_histogram", "connections_opened", "timeseries", "refined",
+                "codes", "targets")
 _STEP_REQUIRED = tuple(f.name for f in fields(StepResult) if f.name not in _STEP_EXTRAS)
 _NUMBER = (int, float)
 _STEP_TYPES: dict[str, tuple[type, ...]] = {

@@ -20,11 +20,16 @@ requests whose client left before the answer (``abandoned``), and each
 freeze's start (seconds after the first request) and measured length.
 ``GET /arrivals`` answers the arrival time of each request (seconds after the
 first, at most 100000) and the client's port.
+
+``/echo`` (any method, no delay) answers the SHA-256 of the method, a newline
+and the request body, and keeps [method, body length, that digest, the
+``X-Seq`` header] of each such request (at most 100000), which ``GET /echoes`` answers.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import socket
 import struct
@@ -40,6 +45,7 @@ STATS = {"accepted": 0, "open": 0, "max_open": 0, "requests": 0, "abandoned": 0,
 ARRIVALS: list[tuple[float, int]] = []
 MAX_ARRIVALS = 100_000
 FIRST: list[float] = []  # monotonic time of the first GET /, once it came
+ECHOES: list[tuple[str, int, str, str]] = []
 
 
 def freeze(seconds: float) -> None:
@@ -63,7 +69,20 @@ class Delayed(Resource):
         self.freeze_ms = freeze_ms
         self.freeze_at_s = freeze_at_s
 
+    def render(self, request):
+        if request.path == b"/echo":
+            body = request.content.read()
+            digest = hashlib.sha256(request.method + b"\n" + body).hexdigest()
+            if len(ECHOES) < MAX_ARRIVALS:
+                seq = request.getHeader(b"x-seq")
+                ECHOES.append((request.method.decode(), len(body), digest, seq.decode() if seq else ""))
+            return digest.encode() + b"\n"
+        return super().render(request)
+
     def render_GET(self, request):
+        if request.path == b"/echoes":
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps(ECHOES).encode()
         if request.path == b"/stats":
             request.setHeader(b"content-type", b"application/json")
             return json.dumps(STATS).encode()
