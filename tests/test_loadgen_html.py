@@ -133,9 +133,27 @@ def test_compare_report_html(document: dict) -> None:  # noqa: F811 - the fixtur
     assert "<td class=\"name\">threads-pbkdf2-close</td>" in page and "<td>440.0</td>" in page
     assert "Accepted vs done past the knee" in page and "<strong>inline</strong> at 345.0 rps offered" in page
     assert "failed: processes-pbkdf2-keep-alive: exited 2" in page
+    assert "<h2>How many cores can one reactor feed</h2>" in page  # report.md's section, as HTML
+    assert '<th class="name">configuration</th><th>cores</th>' in page
     with_result = [e for e in document["configurations"] if e.get("result")]
     assert page.count("<svg") == 2 + len(with_result)  # latency, overload, and one sweep plot per configuration
     assert page.count("<h4>Knee</h4>") == len(with_result)
+
+
+def test_markdown_sections_become_html() -> None:
+    """A report.md section written once (headings, prose, a pipe table, bullets) reads the same in the page."""
+    from loadgen.lib.compare_report import _markdown_html
+
+    html = "".join(_markdown_html([
+        "", "## A section", "", "Some `code` and **bold** <here>.", "",
+        "| name | n |", "|---|---:|", "| a | 1 |", "| b | 2 |", "", "- one", "- two",
+    ]))
+    assert html == (
+        "<h2>A section</h2><p>Some <code>code</code> and <strong>bold</strong> &lt;here&gt;.</p>"
+        '<table><thead><tr><th class="name">name</th><th>n</th></tr></thead><tbody>'
+        '<tr><td class="name">a</td><td>1</td></tr><tr><td class="name">b</td><td>2</td></tr></tbody></table>'
+        "<ul><li>one</li><li>two</li></ul>"
+    )
 
 
 def test_loadgen_report_format_html(tmp_path: Path) -> None:

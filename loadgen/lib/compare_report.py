@@ -434,6 +434,39 @@ def peer_verdict(peers: list[dict[str, Any]], configurations: list[dict[str, Any
             "Knees come from short steps; `bench/peers_bench.py` measures top throughput with wrk.")
 
 
+def _markdown_html(lines: list[str]) -> list[str]:
+    """A section of report.md (headings, paragraphs, pipe tables, bullets) as HTML, for sections written once."""
+    out: list[str] = []
+    table: list[list[str]] = []
+    bullets: list[str] = []
+
+    def flush() -> None:
+        if table:
+            out.append(html_table(table[0], table[1:]))
+            table.clear()
+        if bullets:
+            out.append(html_items(bullets, markup=True))
+            bullets.clear()
+
+    for line in lines:
+        if line.startswith("|"):
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            if not all(set(cell) <= set("-:") for cell in cells):
+                table.append(cells)
+            continue
+        if line.startswith("- "):
+            bullets.append(line[2:])
+            continue
+        flush()
+        heading = len(line) - len(line.lstrip("#"))
+        if heading and line[heading:heading + 1] == " ":
+            out.append(f"<h{heading}>{html_escape(line[heading + 1:])}</h{heading}>")
+        elif line.strip():
+            out.append(html_markup(line))
+    flush()
+    return out
+
+
 def build_html_report(document: dict[str, Any]) -> str:
     """DIR/report.html: report.md's tables and sentences, each configuration's sweep, and the plots inline as SVG."""
     import matplotlib.pyplot as plt
@@ -449,10 +482,13 @@ def build_html_report(document: dict[str, Any]) -> str:
     body += ["<h2>Accepted vs done past the knee</h2>",
              html_table(OVERLOAD_HEADERS, [_overload_cells(r) for r in over]),
              html_items(accept_findings(over), markup=True)]
-    for heading, findings in (("Work that holds the GIL", gil_findings(rows)),
-                              ("Against the original experiment", original_findings(rows, document.get("machine", {})))):
-        if findings:
-            body += [f"<h2>{html_escape(heading)}</h2>", html_items(findings, markup=True)]
+    gil = gil_findings(rows)
+    if gil:
+        body += ["<h2>Work that holds the GIL</h2>", html_items(gil, markup=True)]
+    body += _markdown_html(reactor_model_lines(document))
+    orig = original_findings(rows, document.get("machine", {}))
+    if orig:
+        body += ["<h2>Against the original experiment</h2>", html_items(orig, markup=True)]
     peers = document.get("peers")
     if peers:
         verdict = peer_verdict(peers, document["configurations"])
