@@ -82,7 +82,7 @@ compare_cmd() {
     cmd=(timeout --kill-after=30 "$run_limit_s" taskset -c 0 "$python" -m loadgen compare
          --dispatch "$dispatch" --work-kind "$work_kind" --connection keep-alive --pool-size "$pool"
          --work-ms "$work_ms" --step-duration "$step_duration" --overload-duration 1s --refine "$refine"
-         --server-arg=--reactor-cpus=0 "--server-arg=--pool-cpus=$pool_cpus")
+         --server-cpus "0-$((cpus - 1))" --server-arg=--reactor-cpus=0 "--server-arg=--pool-cpus=$pool_cpus")
     [ -n "$iterations" ] && cmd+=("--server-arg=--work-iterations=$iterations")
     cmd+=(--out-dir "$out/pool-$pool" --quiet)
 }

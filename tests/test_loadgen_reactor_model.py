@@ -126,3 +126,21 @@ def test_scaling_table() -> None:
         "2\tthreads-pbkdf2-keep-alive\t4.00\t0.2000\t500.0\t20.0\t560.0\t1.12\tno",
         "3\tthreads-pbkdf2-keep-alive\t4.00\t0.2000\t750.0\t20.0\t700.0\t0.93\tyes",
     ]
+
+
+@pytest.mark.parametrize(("cpus", "prefix"), [(None, []), ("0-15", ["taskset", "-c", "0-15"])])
+def test_compare_runs_dataserv_under_server_cpus(tmp_path: Any, cpus: str | None, prefix: list[str]) -> None:
+    """compare --server-cpus runs each dataserv under taskset, so it need not inherit loadgen's pinning."""
+    from loadgen.lib.children import TWISTD
+    from loadgen.lib.compare import Configuration, dataserv_child
+
+    server = dataserv_child(Configuration("threads", "pbkdf2", "keep-alive", 2, 4.0), tmp_path, cpus)
+    assert server.argv[:len(prefix) + 1] == [*prefix, TWISTD]
+
+
+@pytest.mark.parametrize(("argv", "expected"), [([], None), (["--server-cpus", "0-3"], "0-3")])
+def test_compare_server_cpus_option(argv: list[str], expected: str | None) -> None:
+    from loadgen.cli import build_parser
+    from loadgen.commands.compare import settings
+
+    assert settings(build_parser().parse_args(["compare", "--out-dir", "x", *argv])).server_cpus == expected

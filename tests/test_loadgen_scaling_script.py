@@ -74,3 +74,18 @@ def test_summary_from_results(tmp_path: Path) -> None:
         ["1", "threads-pbkdf2-keep-alive", "250.0", "20.0", "240.0", "0.96", "yes"],
         ["2", "threads-pbkdf2-keep-alive", "500.0", "20.0", "300.0", "0.60", "no"],
     ]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif((os.cpu_count() or 1) < 2 or not shutil.which("taskset"), reason="needs 2 CPUs and taskset")
+def test_a_short_real_run_on_two_cpus(tmp_path: Path) -> None:
+    """Pool 1 on CPU 1, reactor and loadgen on CPU 0, short steps: dataserv accepts the pinning (under loadgen's
+    taskset, thanks to compare --server-cpus), the reactor's CPU per request is measured, the summary written."""
+    result = scaling("--cpus", "2", "--out", str(tmp_path), "--step-duration", "0.5s", "--refine", "0")
+    assert result.returncode == 0, result.stderr
+    [entry] = json.loads((tmp_path / "pool-1" / "results.json").read_text())["configurations"]
+    assert entry["error"] is None, entry["error"]
+    assert entry["exit_code"] == 0
+    rows = [line.split("\t") for line in (tmp_path / "summary.tsv").read_text().splitlines()]
+    assert [row[:2] for row in rows[1:]] == [["1", "threads-pbkdf2-keep-alive"]]
+    assert float(rows[1][3]) > 0  # r

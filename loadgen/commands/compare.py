@@ -43,6 +43,9 @@ def configure(compare: argparse.ArgumentParser) -> None:
     compare.add_argument("--peers", action="store_true",
                          help="also sweep the peer servers shipped with loadgen (aiohttp, FastAPI, bare "
                               "twisted.web; pip install '.[peers]')")
+    compare.add_argument("--server-cpus", metavar="LIST",
+                         help="run each dataserv under 'taskset -c LIST' (e.g. 0-15 when loadgen itself runs under "
+                              "'taskset -c 0', whose affinity the server would inherit); default: loadgen's CPUs")
     compare.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                          help="extra option for every dataserv started, e.g. --server-arg=--max-queue=0; repeatable")
     compare.add_argument("--out-dir", required=True, metavar="DIR")
@@ -73,7 +76,7 @@ def settings(args: argparse.Namespace) -> Settings:
     return Settings(fractions=fractions, step_duration=_common.duration_option(args.step_duration, "--step-duration"),
                     overload=args.overload,
                     overload_duration=_common.duration_option(args.overload_duration, "--overload-duration"),
-                    stop_when=args.stop_when, refine=args.refine)
+                    stop_when=args.stop_when, refine=args.refine, server_cpus=args.server_cpus)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -101,6 +101,7 @@ class Settings:
     timeout: float = 10.0
     max_in_flight: int = 2000
     refine: int = 1  # bisection steps after each sweep (sweep --refine); 1 keeps the default run near 3 minutes
+    server_cpus: str | None = None  # run each dataserv under `taskset -c` this list (None: loadgen's own CPUs)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -142,16 +143,20 @@ def _loopback(port: int) -> Target:
     return Target(address="127.0.0.1", port=port, host_header=f"127.0.0.1:{port}".encode(), path=b"/data")
 
 
-def dataserv_child(config: Configuration, log_dir: Path) -> ChildServer:
+def dataserv_child(config: Configuration, log_dir: Path, cpus: str | None = None) -> ChildServer:
     """``twistd -n dataserv`` on two free loopback ports: one for load, one for scrapes.
 
     The second endpoint has its own accept queue, so a scrape is not stuck
     behind the load's backlog (with inline dispatch at overload, that backlog
-    is seconds long).
+    is seconds long).  With ``cpus`` it runs under ``taskset -c cpus``: a child
+    inherits loadgen's CPU affinity, and dataserv pins its pool only within
+    its own (``taskset -c 0 loadgen compare`` would leave it CPU 0 alone).
     """
     log = log_dir / f"{config.name}.log"
     argv = dataserv_argv(config.server_args(), logfile=log,
                          listen=["tcp:0:interface=127.0.0.1:backlog=1024", "tcp:0:interface=127.0.0.1"])
+    if cpus is not None:
+        argv = ["taskset", "-c", cpus, *argv]
     return ChildServer(argv, log=log, listening=DATASERV_LISTENING, ports_needed=2,
                        output=log_dir / f"{config.name}.out", ready_path="/readyz")
 
@@ -165,7 +170,7 @@ async def run_configuration(reactor: Any, config: Configuration, settings: Setti
         "work_ms": config.work_ms, "ceiling_rps": config.ceiling_rps, "knee_rps": None, "result": None,
         "overload": None, "error": None, "exit_code": None,
     }
-    server = dataserv_child(config, out_dir / "logs")
+    server = dataserv_child(config, out_dir / "logs", settings.server_cpus)
     started = time.monotonic()
     try:
         await server.start(reactor, client)
