@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from loadgen_factories import loadgen, make_run, step_with
+from loadgen_factories import Servers, loadgen, make_run, run_step, step_with
 from test_loadgen_compare import document  # noqa: F401 - the fixture
 from test_loadgen_report import fixed_result
 
@@ -157,11 +157,33 @@ def test_markdown_sections_become_html() -> None:
 
 
 def test_loadgen_report_format_html(tmp_path: Path) -> None:
-    """``loadgen report FILE --format html`` prints the page."""
+    """``loadgen report FILE --format html`` prints the page, per-target tables read back from the file
+    (and not repeated in the notes)."""
     path = tmp_path / "r.json"
-    fixed_result().dump(path)
+    result_with_targets().dump(path)
     out = loadgen("report", str(path), "--format", "html").stdout
     assert out.startswith("<!DOCTYPE html>") and "<svg" in out and fetching_references(out) == []
+    assert '<td class="name">POST http://127.0.0.1:8080/echo</td>' in out and "Reconciled: the 2 targets" in out
+    assert "<li>  target" not in out
+
+
+@pytest.mark.slow
+def test_a_real_run_with_targets_is_reconciled_on_the_page(tmp_path: Path) -> None:
+    """``loadgen run --targets`` against a real server, then ``report --format html``: a row per target, and
+    their counts add up to the step's."""
+    with Servers() as server_factory:
+        server = server_factory("--delay-ms", "1")
+        path = tmp_path / "t.txt"
+        path.write_text(f"GET {server.url}\n\nGET {server.url}status/404\n")
+        step = run_step(tmp_path, "--targets", str(path), "--rate", "100", "--duration", "0.5s")
+    page = loadgen("report", str(tmp_path / "result.json"), "--format", "html").stdout
+    assert fetching_references(page) == []
+    assert f'<td class="name">GET {server.url}</td>' in page
+    assert f'<td class="name">GET {server.url}status/404</td>' in page
+    requests, ok, errors = step["requests"], step["ok"], sum(step["errors"].values())
+    assert requests == 50 and errors == 25
+    assert (f"Reconciled: the 2 targets add up to the step&#x27;s totals (requests {requests:,} of {requests:,}, "
+            f"ok {ok:,} of {ok:,}, errors {errors:,} of {errors:,}).") in page
 
 
 # -- in a real browser ---------------------------------------------------------------------------

@@ -305,7 +305,7 @@ def per_target(step: StepResult) -> list[tuple[str, dict[str, Any]]]:
 
     Empty when the step has none (a run of one URL, or a file from before the field).
     """
-    entries = getattr(step, "targets", None) or []  # StepResult.targets: being added with --targets
+    entries = step.targets or []
     return [(str(entry.get("target") or f"target {index}"), entry)
             for index, entry in enumerate(entries) if isinstance(entry, dict)]
 
@@ -371,7 +371,7 @@ def html_result_sections(result: RunResult, level: int = 2) -> list[str]:
     if knee_step is not None:
         knee_lines.append(f"The knee is {_step_label(result.steps.index(knee_step), knee_step)}.")
     body += [f"<{h}>Knee</{h}>", html_paragraphs(knee_lines or ["knee: not computed (a sweep computes it)"])]
-    others = [line for line in notes if not line.startswith("knee:")]
+    others = [line for line in notes if not line.startswith(("knee:", "  target "))]  # targets: tables below
     if others:
         body += [f"<{h}>Notes</{h}>", html_items(others)]
     views = [(index, _server_reconciliation(step)) for index, step in enumerate(result.steps)]
