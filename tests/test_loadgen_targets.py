@@ -173,13 +173,15 @@ def test_every_method_with_a_body_arrives_byte_exact(tmp_path: Path, server_fact
              "--rate", "20", "--duration", "0.5s")
     run_step(tmp_path, url, "--method", "PUT", "--body=-text é", "-H", "X-Seq: flag-text",
              "--rate", "20", "--duration", "0.5s")
+    run_step(tmp_path, url, "--method", "PUT", "--body=-text é", "-H", "X-Seq: flag-text",  # children get it too
+             "--rate", "20", "--duration", "0.5s", "--procs", "2")
     seen = Counter(echoes(server))
     expected = Counter()
     for m in METHODS:
         for kind in ("json", "http"):
             expected[(m, len(body_of(m)), digest(m, body_of(m)), f"{kind}-{m}")] = 10
     expected[("PATCH", len(body_of("PATCH")), digest("PATCH", body_of("PATCH")), "flag-file")] = 10
-    expected[("PUT", len("-text é".encode()), digest("PUT", "-text é".encode()), "flag-text")] = 10
+    expected[("PUT", len("-text é".encode()), digest("PUT", "-text é".encode()), "flag-text")] = 20
     assert seen == expected
 
 
@@ -291,7 +293,7 @@ def test_bad_request_input_is_one_line_and_exit_2(tmp_path: Path, monkeypatch: p
 
 
 def sent_paths(plan_args: dict, weights: tuple[int, int]) -> list[bytes]:
-    """The paths of the requests an open-model ``Connection: close`` engine sends, in order, answered in memory."""
+    """The paths of the requests a ``Connection: close`` engine sends, in order, answered in memory at once."""
     from twisted.internet.defer import ensureDeferred
     from twisted.internet.error import ConnectionDone
     from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -304,14 +306,15 @@ def sent_paths(plan_args: dict, weights: tuple[int, int]) -> list[bytes]:
     reactor = MemoryReactorClock()
     mix = TargetMix([Target(address="127.0.0.1", port=1, host_header=b"h", path=b"/" + name, weight=w)
                      for name, w in zip((b"a", b"b"), weights, strict=True)])
-    plan = Plan(model="open", duration=0.02, connection="close", timeout=1.0, **plan_args)
+    plan = Plan(model="closed" if "concurrency" in plan_args else "open", duration=0.02, connection="close",
+                timeout=1.0, **plan_args)
     done = ensureDeferred(Engine(reactor, mix, plan, now=reactor.seconds).run())
     paths, answered = [], 0
     for _ in range(1000):
         if done.called:
             break
-        while answered < len(reactor.tcpClients):
-            protocol = reactor.tcpClients[answered][2].buildProtocol(None)
+        for client in reactor.tcpClients[answered:]:  # those made so far (closed users reconnect at once)
+            protocol = client[2].buildProtocol(None)
             answered += 1
             transport = StringTransport()
             protocol.makeConnection(transport)
@@ -331,3 +334,27 @@ def test_the_engine_picks_request_ns_target_across_shards() -> None:
     assert sent_paths({"rate": 1000.0, "shard": (0, 2)}, (1, 1)) == [b"/a"] * 10
     assert sent_paths({"rate": 1000.0, "shard": (1, 2)}, (1, 1)) == [b"/b"] * 10
     assert sent_paths({"rate": 1000.0}, (1, 3)) == [b"/b", b"/a", b"/b", b"/b"] * 5
+
+
+def test_closed_model_users_take_the_schedule_in_turn() -> None:
+    """Closed model: the n-th request any user starts goes to schedule[n % period]."""
+    paths = sent_paths({"concurrency": 2}, (1, 3))
+    assert len(paths) >= 8 and paths == ([b"/b", b"/a", b"/b", b"/b"] * len(paths))[:len(paths)]
+
+
+@pytest.mark.slow
+def test_sweep_takes_targets_too(tmp_path: Path, server_factory) -> None:
+    """A sweep over a mix: every step has its per-target breakdown, and the result names the origin."""
+    server = server_factory("--delay-ms", "0")
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps({"url": server.url + "echo", "method": "POST", "weight": 3}) + "\n"
+                    + json.dumps({"url": server.url + "status/204"}) + "\n")
+    out = tmp_path / "sweep.json"
+    loadgen("sweep", "--targets", str(path), "--rates", "40:80:40", "--step-duration", "0.5s", "--out", str(out),
+            "--quiet", "--expect-status", "200,204")
+    data = json.loads(out.read_text())
+    assert data["target"] == server.url.rstrip("/")
+    assert [s["codes"] for s in data["steps"]] == [{"200": 15, "204": 5}, {"200": 30, "204": 10}]
+    for step in data["steps"]:
+        assert_adds_up(step)
+        assert [t["weight"] for t in step["targets"]] == [3, 1]
