@@ -27,12 +27,12 @@ from loadgen.lib.reactor_model import (
         (64, 4.0, 0.1, False, 10000.0),
         (8, 2.0, 0.25, False, 4000.0),  # exactly at saturation both bounds agree
         (1, 0.5, 1.0, False, 1000.0),  # a reactor slower than one worker
-        (1, 4.0, 1.0, True, 200.0),  # inline: work and reactor share one core, 1 / (w + r)
-        (4, 4.0, 1.0, True, 200.0),  # inline has no pool
+        (1, 4.0, 4.2, True, 1000 / 4.2),  # inline: the reactor runs the work, so r includes w: 1 / r
+        (4, 2.0, 4.2, True, 1000 / 4.2),  # inline has no pool, and w is already in r
     ],
 )
 def test_predicted_knee(cores: int, work_ms: float, reactor_ms: float, inline: bool, expected: float) -> None:
-    """min(cores / w, 1 / r) requests/s with w and r in ms; inline 1 / (w + r)."""
+    """min(cores / w, 1 / r) requests/s with w and r in ms; inline 1 / r."""
     assert predicted_knee_rps(cores, work_ms, reactor_ms, inline=inline) == pytest.approx(expected)
 
 
@@ -82,7 +82,7 @@ def test_reactor_ms_per_request(reactor_ms: list, knee_step: int | None, expecte
 
 
 DOCUMENT = {"configurations": [
-    entry("inline", "pbkdf2", 1, 190.0, [0.2], 0),
+    entry("inline", "pbkdf2", 1, 190.0, [4.2], 0),
     entry("threads", "pbkdf2", 2, 450.0, [0.2], 0),
     entry("threads", "python", 2, 240.0, [0.2], 0),
     entry("processes", "pbkdf2", 2, None, [None]),
@@ -94,6 +94,7 @@ def test_model_rows() -> None:
     rows = {row["name"]: row for row in model_rows(DOCUMENT)}
     inline, threads, gil = (rows[f"{n}-keep-alive"] for n in ("inline-pbkdf2", "threads-pbkdf2", "threads-python"))
     assert inline["predicted_rps"] == pytest.approx(1000 / 4.2)
+    assert inline["saturation_cores"] is None  # no pool to saturate
     assert (threads["cores"], threads["predicted_rps"], threads["saturation_cores"]) == (2, 500.0, 20.0)
     assert threads["measured_over_predicted"] == pytest.approx(0.9)
     assert (gil["cores"], gil["predicted_rps"], gil["measured_over_predicted"]) == (1, 250.0, pytest.approx(0.96))

@@ -5,8 +5,8 @@ Every request costs the reactor thread ``r`` ms of CPU (parse, dispatch, answer;
 ``w`` ms of work.  With the pool on ``P`` cores of its own and the reactor on another, the knee is about
 ``min(P / w, 1 / r)``: the pool's capacity until the reactor, which does ``1 / r`` requests a second at
 most, saturates at ``P = w / r``.  Work that holds the GIL runs on one core whatever the pool
-(``P = 1`` for threads with pure-Python work), and inline work shares the reactor's core
-(``1 / (w + r)``).  Pure arithmetic on results.json, for the compare report and ``bench/scaling.sh``.
+(``P = 1`` for threads with pure-Python work); inline work runs on the reactor thread, so its ``r``
+includes ``w`` and the knee is ``1 / r``.  Pure arithmetic on results.json, for the compare report and ``bench/scaling.sh``.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ def effective_cores(dispatch: str, work_kind: str, pool_size: int) -> int:
 
 
 def predicted_knee_rps(cores: int, work_ms: float, reactor_ms: float, *, inline: bool = False) -> float:
-    """``min(cores / w, 1 / r)`` requests/s (``1 / (w + r)`` inline), with ``w`` and ``r`` in ms."""
+    """``min(cores / w, 1 / r)`` requests/s, with ``w`` and ``r`` in ms; inline ``1 / r``, the reactor's CPU
+    per request then including the work (``cores`` and ``w`` do not enter)."""
     if work_ms <= 0 or reactor_ms <= 0:
         raise ValueError(f"work and reactor time per request must be positive, got w={work_ms:g} r={reactor_ms:g}")
     if inline:
-        return 1000.0 / (work_ms + reactor_ms)
+        return 1000.0 / reactor_ms
     return min(cores * 1000.0 / work_ms, 1000.0 / reactor_ms)
 
 
@@ -64,12 +65,12 @@ def model_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
         cores = effective_cores(entry["dispatch"], entry["work_kind"], entry.get("pool_size") or 1)
         work_ms, r = entry.get("work_ms"), reactor_ms_per_request(entry)
         known = bool(work_ms and r)
-        predicted = (predicted_knee_rps(cores, work_ms, r, inline=entry["dispatch"] == "inline")
-                     if known else None)
+        inline = entry["dispatch"] == "inline"
+        predicted = predicted_knee_rps(cores, work_ms, r, inline=inline) if known else None
         measured = entry.get("knee_rps")
         rows.append({
             "name": entry["name"], "gil": holds_gil(entry["dispatch"], entry["work_kind"]), "cores": cores, "work_ms": work_ms, "reactor_ms": r,
-            "predicted_rps": predicted, "saturation_cores": saturation_cores(work_ms, r) if known else None,
+            "predicted_rps": predicted, "saturation_cores": saturation_cores(work_ms, r) if known and not inline else None,
             "knee_rps": measured,
             "measured_over_predicted": measured / predicted if measured and predicted else None,
         })
@@ -89,8 +90,8 @@ def reactor_model_lines(document: dict[str, Any]) -> list[str]:
         "", "## How many cores can one reactor feed", "",
         "The reactor's CPU per request `r` is `dataserv_thread_cpu_seconds_total{role=\"reactor\"}` over "
         "`dataserv_requests_total`, scraped during the sweep (at the knee step); `w` is the work per request. "
-        "With the pool on cores of its own, the knee is about min(cores / w, 1 / r) (inline: 1 / (w + r)), and "
-        "one reactor saturates at w / r pool cores. Work that holds the GIL on threads has one core: its "
+        "With the pool on cores of its own, the knee is about min(cores / w, 1 / r), and one reactor saturates "
+        "at w / r pool cores (inline, the reactor runs the work: its r includes w and the knee is 1 / r). Work that holds the GIL on threads has one core: its "
         "effective ceiling is 1 / w, whatever the pool size. Without `--reactor-cpus`/`--pool-cpus` the reactor "
         "shares the pool's cores, so a measured knee may fall short of the prediction; `bench/scaling.sh` "
         "measures it pinned.",
