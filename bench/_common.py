@@ -64,11 +64,15 @@ def metric(s: ChildServer, name: str) -> float:
     return float(m.group(1))
 
 
-def wrk(url: str, *, seconds: float, connections: int, threads: int = 1, close: bool = False) -> dict:
-    """Run wrk and return requests/s, non-2xx/socket errors and latency p50/p99 (ms)."""
+def wrk(url: str, *, seconds: float, connections: int, threads: int = 1, close: bool = False,
+        cpus: str | None = None) -> dict:
+    """Run wrk (under ``taskset -c cpus`` when given) and return requests/s, non-2xx/socket errors and
+    latency p50/p99 (ms)."""
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", url]
     if close:
         argv[1:1] = ["-H", "Connection: close"]
+    if cpus is not None:
+        argv = ["taskset", "-c", cpus, *argv]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)

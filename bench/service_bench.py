@@ -29,11 +29,12 @@ import time
 from _common import HERE, bare, dataserv, median, median_ratio, metric, save_results, wrk
 
 
-def ceiling(threads: int, iterations: int, seconds: float) -> float:
-    out = subprocess.run(
-        [sys.executable, str(HERE / "ceiling.py"), "--threads", str(threads), "--iterations", str(iterations),
-         "--seconds", str(seconds)], capture_output=True, text=True, check=True,
-    ).stdout
+def ceiling(threads: int, iterations: int, seconds: float, cpus: str | None = None) -> float:
+    argv = [sys.executable, str(HERE / "ceiling.py"), "--threads", str(threads), "--iterations", str(iterations),
+            "--seconds", str(seconds)]
+    if cpus is not None:
+        argv = ["taskset", "-c", cpus, *argv]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     return json.loads(out)["rps"]
 
 
@@ -45,7 +46,14 @@ def main() -> None:
     parser.add_argument("--work-ms", type=float, default=4.0)
     parser.add_argument("--only", default="throughput,fixed", help="comma list: throughput, fixed")
     parser.add_argument("--json", help="write all samples here")
+    parser.add_argument("--pinned", action="store_true",
+                        help="the remote core pinned: threads (pool 1) with the reactor and wrk on CPU 0 and the "
+                             "pool on CPU 1; inline with the reactor on CPU 1 and wrk on CPU 0; both against the "
+                             "work loop pinned on CPU 1 (throughput part only)")
     args = parser.parse_args()
+    if args.pinned:
+        pinned(args)
+        return
     cores = os.cpu_count() or 1
     parts = set(args.only.split(","))
     samples: dict[str, list[float]] = {}
@@ -116,6 +124,46 @@ def main() -> None:
     for k, v in ratios.items():
         print(f"  {k:<44} {v:6.3f}")
     save_results(args.json, args, samples, med, ratios)
+
+
+def pinned(args: argparse.Namespace) -> None:
+    """``--pinned``: the original experiment's remote core as a core of its own (CPU 1), the client on CPU 0."""
+    samples: dict[str, list[float]] = {}
+
+    def add(name: str, value: float) -> None:
+        samples.setdefault(name, []).append(value)
+        print(f"  {name:<44} {value:10.3f}" if value < 10 else f"  {name:<44} {value:10.1f}", flush=True)
+
+    secs, conns = args.seconds, args.connections
+    configs = (
+        ("threads", ("--dispatch", "threads", "--pool-size", "1", "--reactor-cpus", "0", "--pool-cpus", "1")),
+        ("inline", ("--dispatch", "inline", "--reactor-cpus", "1")),
+    )
+    for run in range(args.runs):
+        print(f"run {run + 1}/{args.runs}", flush=True)
+        for name, options in configs:
+            with dataserv(*options, "--work-ms", str(args.work_ms)) as s:
+                iterations = int(metric(s, "dataserv_work_iterations"))
+                before = ceiling(1, iterations, secs, cpus="1")
+                wrk(s.url("/data"), seconds=1, connections=conns, cpus="0")  # warm-up
+                add(f"{name} keep-alive rps", wrk(s.url("/data"), seconds=secs, connections=conns, cpus="0")["rps"])
+                add(f"{name} close rps",
+                    wrk(s.url("/data"), seconds=secs, connections=conns, close=True, cpus="0")["rps"])
+                after = ceiling(1, iterations, secs, cpus="1")
+            add(f"ceiling CPU 1 ({name} run) rps", (before + after) / 2)
+            add(f"ceiling CPU 1 ({name} run) drift (after / before)", after / before)
+        time.sleep(0.5)
+    pairs = {
+        "pinned threads keep-alive / CPU-1 ceiling": ("threads keep-alive rps", "ceiling CPU 1 (threads run) rps"),
+        "pinned threads close / CPU-1 ceiling": ("threads close rps", "ceiling CPU 1 (threads run) rps"),
+        "pinned inline keep-alive / CPU-1 ceiling": ("inline keep-alive rps", "ceiling CPU 1 (inline run) rps"),
+        "pinned inline close / CPU-1 ceiling": ("inline close rps", "ceiling CPU 1 (inline run) rps"),
+    }
+    ratios = {name: median_ratio(samples[a], samples[b]) for name, (a, b) in pairs.items()}
+    print("ratios (median over runs of the ratio within each run):")
+    for k, v in ratios.items():
+        print(f"  {k:<46} {v:6.3f}")
+    save_results(args.json, args, samples, {k: median(v) for k, v in samples.items()}, ratios)
 
 
 if __name__ == "__main__":
