@@ -15,16 +15,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import pytest_twisted
+from inprocess import sleep as _sleep
+from inprocess import start as _start
+from inprocess import value as _value
 from logcapture import captured_log, failures, lines
 from prometheus_client import CollectorRegistry
 from rawhttp import Hang, exchange
-from twisted.internet import reactor, threads
+from twisted.internet import threads
 from twisted.internet.address import IPv4Address
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
 
-from dataserv import tap
 from dataserv.badinput import BadInput
 from dataserv.metrics import Metrics
 from dataserv.site import DataSite, origin_form
@@ -199,22 +201,6 @@ CASES = [
     (b"POST /data HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n5\r\nab", [], True),
     (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(32)) + b"\x00" * 40, [], True),  # TLS
 ]
-
-
-def _start(*args: str):
-    options = tap.Options()
-    options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", *args])
-    root = tap.build(options, reactor, CollectorRegistry())
-    root.startService()
-    return root, root.getServiceNamed("listen-0").port.getHost().port
-
-
-def _value(root, name: str, **labels: str) -> float:
-    return root.metrics.registry.get_sample_value(name, labels) or 0.0
-
-
-def _sleep(seconds: float):
-    return deferLater(reactor, seconds, lambda: None)
 
 
 @pytest_twisted.inlineCallbacks

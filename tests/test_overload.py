@@ -8,42 +8,13 @@ import time
 
 import pytest_twisted
 import treq
-from prometheus_client import CollectorRegistry
+from inprocess import sleep as _sleep
+from inprocess import start as _start
+from inprocess import until as _until
+from inprocess import value as _value
 from twisted.internet import reactor, threads
 from twisted.internet.defer import gatherResults
-from twisted.internet.task import deferLater
 from twisted.web.client import HTTPConnectionPool
-
-from dataserv import tap
-
-
-def _start(*args: str):
-    options = tap.Options()
-    options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", *args])
-    root = tap.build(options, reactor, CollectorRegistry())
-    root.startService()
-    port = root.getServiceNamed("listen-0").port.getHost().port
-    return root, port
-
-
-def _value(root, name: str, **labels: str) -> float:
-    return root.metrics.registry.get_sample_value(name, labels) or 0.0
-
-
-def _sleep(seconds: float):
-    return deferLater(reactor, seconds, lambda: None)
-
-
-@pytest_twisted.inlineCallbacks
-def _until(root, name: str, value: float, within: float = 10.0, **labels: str):
-    """Wait (polling) until a metric has ``value``, at most ``within`` seconds; answer its last value.
-
-    For state reached "soon" on a real socket: a fixed sleep fails when a neighbour takes the CPU.
-    """
-    deadline = time.monotonic() + within
-    while _value(root, name, **labels) != value and time.monotonic() < deadline:
-        yield _sleep(0.02)
-    return _value(root, name, **labels)
 
 
 @pytest_twisted.inlineCallbacks

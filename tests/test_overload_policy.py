@@ -6,16 +6,19 @@ from __future__ import annotations
 import re
 import socket
 import threading
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import pytest_twisted
+from inprocess import sleep as _sleep
+from inprocess import start
+from inprocess import until as _until
+from inprocess import value as _value
 from prometheus_client import CollectorRegistry
-from twisted.internet import reactor, threads
+from twisted.internet import threads
 from twisted.internet.defer import gatherResults
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 
 from dataserv import tap, work
 from dataserv.overload import AcceptGate, QueuePause, shed_response
@@ -265,35 +268,12 @@ def test_the_service_tree_pauses_only_under_pause(args: list[str], marks: tuple[
 
 
 def _start(*args: str):
-    options = tap.Options()
-    options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", "--work-ms", "1", "--work-iterations", "10",
-                          *args])
-    root = tap.build(options, reactor, CollectorRegistry())
-    root.startService()
-    port = root.getServiceNamed("listen-0").port.getHost().port
-    return root, port
-
-
-def _value(root, name: str, **labels: str) -> float:
-    return root.metrics.registry.get_sample_value(name, labels) or 0.0
+    return start("--work-ms", "1", "--work-iterations", "10", *args)
 
 
 def _shed_total(root) -> float:
     return sum(_value(root, "dataserv_requests_shed_total", reason=r)
                for r in ("queue_full", "queue_timeout", "draining", "worker_died"))
-
-
-def _sleep(seconds: float):
-    return deferLater(reactor, seconds, lambda: None)
-
-
-@pytest_twisted.inlineCallbacks
-def _until(root, name: str, value: float, within: float = 10.0, **labels: str):
-    """Poll until a metric has ``value`` (at most ``within`` seconds); answer its last value."""
-    deadline = time.monotonic() + within
-    while _value(root, name, **labels) != value and time.monotonic() < deadline:
-        yield _sleep(0.02)
-    return _value(root, name, **labels)
 
 
 @pytest.fixture
