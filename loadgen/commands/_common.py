@@ -143,6 +143,16 @@ def progress(args: argparse.Namespace) -> Progress:
     return Progress(enabled=not args.quiet and sys.stderr.isatty())
 
 
+def react_with(progress: Progress, what: str, main: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    """:func:`react` ``main``, closing ``progress`` after; a failure is a UsageError ``"{what} failed: ..."``."""
+    try:
+        return react(main)
+    except RunFailed as e:
+        raise UsageError(f"{what} failed: {e}") from None
+    finally:
+        progress.close()
+
+
 def finish(args: argparse.Namespace, result: RunResult, slos: list[Slo], step_for_slo: StepResult | None) -> int:
     """Judge the SLOs on ``step_for_slo``, write --out, print the report and warnings; answer the exit code."""
     failed = False

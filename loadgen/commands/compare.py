@@ -100,12 +100,7 @@ def main(args: argparse.Namespace) -> int:
     async def go(reactor: Any) -> dict[str, Any]:
         return await run_compare(reactor, configs, chosen, out_dir, progress, peers)
 
-    try:
-        document = _common.react(go)
-    except _common.RunFailed as e:
-        raise UsageError(f"compare failed: {e}") from None
-    finally:
-        progress.close()
+    document = _common.react_with(progress, "compare", go)
     paths = write_outputs(document, out_dir)
     for row in knee_rows(document):
         knee = f"{row['knee_rps']:.1f}" if row["knee_rps"] else "-"

@@ -78,12 +78,7 @@ def _run(args: argparse.Namespace, target: TargetMix, plan: Plan) -> list[StepRe
             await deferLater(reactor, max(0.0, start - time.monotonic()), lambda: None)
         return await run_steps(reactor, target, [plan], args.scrape, progress=progress, start=start)
 
-    try:
-        return _common.react(go)
-    except _common.RunFailed as e:
-        raise UsageError(f"run failed: {e}") from None
-    finally:
-        progress.close()
+    return _common.react_with(progress, "run", go)
 
 
 def _run_procs(args: argparse.Namespace, shard: tuple[int, int]) -> RunResult:

@@ -62,12 +62,7 @@ def main(args: argparse.Namespace) -> int:
         return await sweep(reactor, target, plans, args.scrape, stop_when=stops, knee_p99_ms=limit,
                            progress=progress, refine=args.refine)
 
-    try:
-        result = _common.react(go)
-    except _common.RunFailed as e:
-        raise UsageError(f"run failed: {e}") from None
-    finally:
-        progress.close()
+    result = _common.react_with(progress, "run", go)
     if args.plot:
         plot_sweep(result, args.plot)
     return _common.finish(args, result, slos, step_for_slo=result.knee_step)
