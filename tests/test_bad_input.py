@@ -119,6 +119,24 @@ def _advance(clock: Clock, seconds: float, step: float = 0.05) -> None:
         clock.advance(step)
 
 
+class _Host(Resource):
+    isLeaf = True
+
+    def render(self, request):
+        return request.getRequestHostname() + b" " + request.uri
+
+
+def test_absolute_form_is_served_as_its_path_with_the_targets_authority_as_host() -> None:
+    """RFC 9112 3.2.2: the authority of an absolute-form target replaces the Host header."""
+    site = DataSite(_Host(), Metrics(CollectorRegistry(), process_collectors=False), Clock())
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET http://origin.example:8080/data?work_ms=0 HTTP/1.1\r\nHost: elsewhere\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 200 ")
+    assert transport.value().endswith(b"\r\n\r\norigin.example /data?work_ms=0")
+
+
 @pytest.mark.parametrize("framing", [b"Content-Length: 100\r\n", b"Transfer-Encoding: chunked\r\n"])
 def test_a_trickled_body_is_cut_at_the_body_timeout(framing: bytes) -> None:
     """A body sent a byte at a time keeps no connection past --body-timeout, however often bytes arrive."""
