@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from twisted.internet.task import Clock
 
 from dataserv import affinity, tap
 from dataserv.affinity import format_cpu_list, parse_cpu_list, pool_placement, reactor_cpus
+from loadgen.lib.children import ChildServer, free_port
+from loadgen.lib.peers import PEERS
 
 ALLOWED = sorted(os.sched_getaffinity(0)) if affinity.SUPPORTED else []
 needs_two_cpus = pytest.mark.skipif(len(ALLOWED) < 2 or not Path("/proc/self/task").exists(),
@@ -316,3 +319,29 @@ def test_twistd_refuses_a_cpu_outside_its_set(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr == "twistd dataserv: --pool-cpus 1: this process may only run on CPUs 0, not 1\n", (
         result.stdout + result.stderr)
+
+
+@needs_two_cpus
+@pytest.mark.slow
+@pytest.mark.parametrize("peer", PEERS, ids=[p.name for p in PEERS])
+def test_peers_pin_their_loop_and_their_work_threads(peer, tmp_path: Path) -> None:
+    """The peers for bench/peers_bench.py --pinned: ``--loop-cpus`` puts the event loop's (main) thread on
+    one CPU, ``--pool-cpus`` every thread that has run the work on the other; /data still answers."""
+    if peer.missing():
+        pytest.skip(f"needs the peers extra ({', '.join(peer.missing())})")
+    loop, pool = str(ALLOWED[0]), str(ALLOWED[1])
+    port = free_port()
+    server = ChildServer(peer.argv(port, iterations=100, pool_size=2, loop_cpus=loop, pool_cpus=pool), port=port,
+                         cwd=tmp_path, output=tmp_path / "peer.log")
+    try:
+        server.start_blocking(timeout=30)
+        pid = server.proc.pid
+        assert _threads(pid)[pid] == loop
+        with urllib.request.urlopen(server.url("/data"), timeout=10) as r:
+            assert r.status == 200
+        threads = _threads(pid)
+        assert threads.pop(pid) == loop
+        assert pool in threads.values(), threads  # the thread that ran the work
+        assert set(threads.values()) <= {loop, pool}, threads  # nothing left unpinned
+    finally:
+        server.kill()

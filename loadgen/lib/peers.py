@@ -26,10 +26,16 @@ class Peer:
         """The packages it needs that are not installed."""
         return [package for package in self.requires if importlib.util.find_spec(package) is None]
 
-    def argv(self, port: int, *, iterations: int, pool_size: int, kind: str = "pbkdf2") -> list[str]:
-        """Its command line, with this interpreter."""
-        return [sys.executable, "-m", self.module, str(port), "--iterations", str(iterations),
+    def argv(self, port: int, *, iterations: int, pool_size: int, kind: str = "pbkdf2",
+             loop_cpus: str | None = None, pool_cpus: str | None = None) -> list[str]:
+        """Its command line, with this interpreter (its event loop and work threads pinned where given)."""
+        argv = [sys.executable, "-m", self.module, str(port), "--iterations", str(iterations),
                 "--pool-size", str(pool_size), "--kind", kind]
+        if loop_cpus is not None:
+            argv += ["--loop-cpus", loop_cpus]
+        if pool_cpus is not None:
+            argv += ["--pool-cpus", pool_cpus]
+        return argv
 
 
 PEERS = (

@@ -1,6 +1,6 @@
 """Peer: the same /data on aiohttp, the work in a ThreadPoolExecutor via run_in_executor.
 
-    python -m loadgen.peer_servers.aiohttp_server PORT --iterations N [--pool-size P] [--kind pbkdf2]
+    python -m loadgen.peer_servers.aiohttp_server PORT --iterations N [--pool-size P] [--kind pbkdf2] [--loop-cpus L] [--pool-cpus L]
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from dataserv import work
 from loadgen.peer_servers._args import parse_args
 
 
@@ -19,7 +18,7 @@ def main() -> None:
     executor = ThreadPoolExecutor(max_workers=args.pool_size)
 
     async def data(request: web.Request) -> web.Response:
-        digest = await asyncio.get_running_loop().run_in_executor(executor, work.run, args.kind, args.iterations)
+        digest = await asyncio.get_running_loop().run_in_executor(executor, args.work, args.kind, args.iterations)
         return web.Response(text=digest + "\n", content_type="text/plain")
 
     async def healthz(request: web.Request) -> web.Response:

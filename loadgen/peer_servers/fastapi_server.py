@@ -1,6 +1,6 @@
 """Peer: the same /data on FastAPI under uvicorn, a sync endpoint run by Starlette's thread pool.
 
-    python -m loadgen.peer_servers.fastapi_server PORT --iterations N [--pool-size P] [--kind pbkdf2]
+    python -m loadgen.peer_servers.fastapi_server PORT --iterations N [--pool-size P] [--kind pbkdf2] [--loop-cpus L] [--pool-cpus L]
 
 Starlette runs sync endpoints on anyio's default thread limiter (40 tokens);
 it is set to --pool-size so the pool matches the others.
@@ -13,7 +13,6 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
-from dataserv import work
 from loadgen.peer_servers._args import parse_args
 
 
@@ -27,7 +26,7 @@ def main() -> None:
 
     @app.get("/data", response_class=PlainTextResponse)
     def data() -> str:
-        return work.run(args.kind, args.iterations) + "\n"
+        return args.work(args.kind, args.iterations) + "\n"
 
     @app.get("/healthz", response_class=PlainTextResponse)
     def healthz() -> str:

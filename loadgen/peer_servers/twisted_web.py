@@ -1,6 +1,6 @@
 """Peer: the same /data as a bare twisted.web Resource with deferToThreadPool on a dedicated pool.
 
-    python -m loadgen.peer_servers.twisted_web PORT --iterations N [--pool-size P] [--kind pbkdf2]
+    python -m loadgen.peer_servers.twisted_web PORT --iterations N [--pool-size P] [--kind pbkdf2] [--loop-cpus L] [--pool-cpus L]
 
 Also the reference for dataserv's fixed cost per request (bench/service_bench.py,
 bench/request_path.py): ``/healthz`` answers the same bytes and headers as
@@ -10,6 +10,7 @@ dataserv's routing, metrics or connection counting.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.threads import deferToThreadPool
@@ -34,12 +35,13 @@ class Healthz(Resource):
 class Data(Resource):
     isLeaf = True
 
-    def __init__(self, reactor: Any, pool: ThreadPool, kind: str, iterations: int) -> None:
+    def __init__(self, reactor: Any, pool: ThreadPool, kind: str, iterations: int,
+                 run: Callable[[str, int], str] = work.run) -> None:
         super().__init__()
-        self.reactor, self.pool, self.kind, self.iterations = reactor, pool, kind, iterations
+        self.reactor, self.pool, self.kind, self.iterations, self.run = reactor, pool, kind, iterations, run
 
     def render_GET(self, request: Request) -> int:
-        d = deferToThreadPool(self.reactor, self.pool, work.run, self.kind, self.iterations)
+        d = deferToThreadPool(self.reactor, self.pool, self.run, self.kind, self.iterations)
 
         def done(digest: str) -> None:
             if _compat.client_gone(request):
@@ -68,7 +70,7 @@ def main() -> None:
     reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
     root = Resource()
     root.putChild(b"healthz", Healthz())
-    root.putChild(b"data", Data(reactor, pool, args.kind, args.iterations))
+    root.putChild(b"data", Data(reactor, pool, args.kind, args.iterations, args.work))
     reactor.listenTCP(args.port, QuietSite(root), backlog=1024, interface="127.0.0.1")
     print(f"listening on {args.port}", flush=True)
     reactor.run()
