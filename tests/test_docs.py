@@ -24,6 +24,7 @@ from loadgen.lib.compare import Settings, machine_info
 from loadgen.lib.engine import Engine
 from loadgen.lib.merge import merge_results
 from loadgen.lib.plan import Plan, Target
+from loadgen.lib.recorder import Recorder
 from loadgen.lib.results import ERROR_KINDS, RunResult
 from loadgen.lib.scrape import parse_exposition, summarize
 from loadgen.lib.targets import TargetMix
@@ -129,6 +130,7 @@ DATA = "data"
 CHILDREN: dict[str, dict[str, str]] = {
     "result": {"steps": "step", "knee": "knee", "slo": "slo"},
     "step": {"latency_ms": "latency", "service_time_ms": "latency", "connect_ms": "latency",
+             "tls_handshake_ms": "latency",
              "generator": "generator", "server": "server", "timeseries": "timeseries", "errors": DATA,
              "codes": DATA, "targets": "target"},
     "target": {"errors": DATA, "codes": DATA, "latency_ms": "latency"},
@@ -287,6 +289,24 @@ def test_every_field_of_a_result_file_is_documented(monkeypatch: pytest.MonkeyPa
     result = produced_result(monkeypatch)
     assert_documented(result, "result")
     merged = merge_results([RunResult.from_dict(result), RunResult.from_dict(result)]).to_dict()
+    assert_documented(merged, "result")
+
+
+def test_the_tls_fields_of_a_result_file_are_documented() -> None:
+    """An https ``Connection: close`` step's handshake fields (from the recorder that writes them), and --insecure."""
+    recorder = Recorder(0.0, closed_model=False, connect_times=True, handshake_times=True)
+    recorder.connected(0.1, 0.0005)
+    recorder.handshaken(0.1, 0.002)
+    recorder.finished(0.1, 0.103, 0.105, None, 200)
+    recorder.finished(0.2, None, 0.21, "tls")
+    step = recorder.result(offered_rps=10.0, concurrency=None, duration=1.0, cpu_s=0.1, wall_s=1.0,
+                           connections_opened=2)
+    assert step.tls_handshake_ms is not None and step.errors == {"tls": 1}
+    result = RunResult(target="https://localhost:8443/data", model="open", connection="close",
+                       started_at="2026-11-29T12:00:00+00:00", steps=[step], insecure=True)
+    assert_documented(json.loads(json.dumps(result.to_dict())), "result")
+    merged = merge_results([result, result]).to_dict()
+    assert merged["insecure"] is True and "tls_handshake_histogram" in merged["steps"][0]
     assert_documented(merged, "result")
 
 

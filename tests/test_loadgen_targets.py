@@ -103,7 +103,8 @@ def test_json_lines_targets(tmp_path: Path) -> None:
         ("t.txt", "POST http://127.0.0.1:9/\n@body.bin\nX-A: 1\n", "t.txt:3", "nothing may follow the @body"),
         ("t.txt", "G(T http://127.0.0.1:9/\n", "t.txt:1", "method must be an HTTP method"),
         ("t.txt", "GET ftp://127.0.0.1:9/\n", "t.txt:1", "URL must start with http://"),
-        ("t.txt", "GET http://127.0.0.1:9/\n\nGET http://127.0.0.1:10/\n", "t.txt:3", "first target's host and port"),
+        ("t.txt", "GET http://127.0.0.1:9/\n\nGET http://127.0.0.1:10/\n", "t.txt:3", "first target's scheme, host and port"),
+        ("t.txt", "GET http://127.0.0.1:9/\n\nGET https://127.0.0.1:9/\n", "t.txt:3", "first target's scheme, host"),
         ("t.jsonl", '{"url": "http://127.0.0.1:9/"}\n{"url": \n', "t.jsonl:2", "not JSON"),
         ("t.jsonl", '{"url": "http://127.0.0.1:9/"}\n\n[1]\n', "t.jsonl:3", "must be a JSON object"),
         ("t.jsonl", '{"url": "http://127.0.0.1:9/", "body": "***"}\n', "t.jsonl:1", "not valid base64"),
@@ -274,7 +275,7 @@ def test_without_expect_status_codes_are_counted_and_4xx_5xx_stay_errors(tmp_pat
         (["--targets", "t.txt", "-m", "POST"], "-m/--method applies to URL"),
         (["--targets", "/nonexistent/t.txt"], "--targets cannot read"),
         (["--targets", "bad.txt"], "bad.txt:2: header must be"),
-        (["https://127.0.0.1:1/"], "URL must start with http://"),
+        (["ftp://127.0.0.1:1/"], "URL must start with http:// or https://"),
         ([], "URL or --targets is required"),
     ],
 )

@@ -15,6 +15,7 @@ from loadgen.lib.progress import Progress
 from loadgen.lib.report import render
 from loadgen.lib.results import RunResult, StepResult
 from loadgen.lib.targets import TargetMix, parse_target_file, read_body_file
+from loadgen.lib.tls import load_tls
 
 EXIT_ERROR = 2
 EXIT_SLO = 3
@@ -70,7 +71,7 @@ def conditions(exprs: Sequence[str], flag: str, parse: Callable[[str], Slo]) -> 
 
 def add_load_options(p: argparse.ArgumentParser) -> None:
     """The options ``run`` and ``sweep`` share: the URL, connections, timeouts, headers, scrape, output."""
-    p.add_argument("url", nargs="?", help="http:// URL to load (or --targets)")
+    p.add_argument("url", nargs="?", help="http:// or https:// URL to load (or --targets)")
     p.add_argument("--targets", metavar="PATH",
                    help="requests to send instead of URL: vegeta's http format or JSON lines, with weights")
     p.add_argument("-m", "--method", help="URL's request method (default GET)")
@@ -83,6 +84,13 @@ def add_load_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connection", choices=("keep-alive", "close"), default="keep-alive",
                    help="keep-alive (connections reused, capped) or close (one connection per request)")
     p.add_argument("--timeout", default="10s", help="per-request timeout (default 10s)")
+    tls = p.add_argument_group("https")
+    tls.add_argument("--cacert", metavar="PEM",
+                     help="trust this CA certificate instead of the system's (the server's name is still checked)")
+    tls.add_argument("--insecure", action="store_true",
+                     help="verify nothing about the server's certificate (the result says so); SNI is still sent")
+    tls.add_argument("--cert", metavar="PEM", help="client certificate (its key too, unless --key)")
+    tls.add_argument("--key", metavar="PEM", help="the client certificate's private key")
     p.add_argument("-H", "--header", action="append", default=[], dest="headers", metavar="'K: V'",
                    help="extra request header; repeatable")
     p.add_argument("--max-in-flight", type=int, default=1000,
@@ -102,14 +110,22 @@ def target(args: argparse.Namespace) -> TargetMix:
             for flag, value in (("-m/--method", args.method), ("--body", args.body), ("--body-file", args.body_file)):
                 if value is not None:
                     raise UsageError(f"{flag} applies to URL; with --targets, give it in the targets file")
-            return TargetMix(parse_target_file(args.targets, args.headers), expect_status=expect)
-        if args.url is None:
-            raise UsageError("URL or --targets is required")
-        body = args.body.encode("utf-8") if args.body is not None else None
-        if args.body_file is not None:
-            body = read_body_file(args.body_file)
-        one = resolve_target(args.url, args.headers, method=args.method or "GET", body=body)
-        return TargetMix([one], expect_status=expect, per_target=False)
+            mix = TargetMix(parse_target_file(args.targets, args.headers), expect_status=expect)
+        else:
+            if args.url is None:
+                raise UsageError("URL or --targets is required")
+            body = args.body.encode("utf-8") if args.body is not None else None
+            if args.body_file is not None:
+                body = read_body_file(args.body_file)
+            one = resolve_target(args.url, args.headers, method=args.method or "GET", body=body)
+            mix = TargetMix([one], expect_status=expect, per_target=False)
+        given = [flag for flag, value in (("--cacert", args.cacert), ("--insecure", args.insecure),
+                                          ("--cert", args.cert), ("--key", args.key)) if value]
+        if given and not mix.targets[0].tls:
+            raise UsageError(f"{given[0]} applies to https:// URLs")
+        if given:
+            mix.tls = load_tls(cacert=args.cacert, cert=args.cert, key=args.key, insecure=args.insecure)
+        return mix
     except InputError as e:
         raise named(e) from None
 
@@ -120,9 +136,12 @@ def target_argv(args: argparse.Namespace) -> list[str]:
     for h in args.headers:
         argv += ["-H", h]
     for flag, value in (("--method", args.method), ("--body", args.body), ("--body-file", args.body_file),
-                        ("--expect-status", args.expect_status)):
+                        ("--expect-status", args.expect_status), ("--cacert", args.cacert), ("--cert", args.cert),
+                        ("--key", args.key)):
         if value is not None:
             argv.append(f"{flag}={value}")  # one word: a body may start with "-"
+    if args.insecure:
+        argv.append("--insecure")
     return argv
 
 
@@ -162,6 +181,7 @@ def finish(args: argparse.Namespace, result: RunResult, slos: list[Slo], step_fo
         else:
             result.slo = [s.evaluate(step_for_slo) for s in slos]
         failed = not all(v["pass"] for v in result.slo)
+    result.insecure = result.insecure or bool(getattr(args, "insecure", False))
     if args.out:
         result.dump(args.out)
     sys.stdout.write(render(result, "text"))

@@ -9,6 +9,12 @@ twisted.web's own HTTP/1.1 client protocol does.  Here each connection is an
 :class:`~twisted.web._newclient.HTTP11ClientProtocol` made by
 ``connectTCP`` to an address resolved once, and each request is a prepared
 :class:`~twisted.web._newclient.Request` whose bytes are built once.
+
+Over TLS the same protocol sits inside Twisted's ``TLSMemoryBIOProtocol``:
+its ``connectionMade`` comes when the TCP connection is up and its
+``handshakeCompleted`` when the TLS handshake is done, so the two are timed
+apart, and requests are sent only once the handshake is done (the bytes
+would wait for it anyway), so that service time excludes it.
 """
 
 from __future__ import annotations
@@ -17,12 +23,14 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IConnector, IReactorTCP
+from twisted.internet.interfaces import IConnector, IHandshakeListener, IReactorTCP
 from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
+from zope.interface import implementer
 
 from dataserv._compat import ClientRequest as Request
 from dataserv._compat import HTTP11ClientProtocol
@@ -76,8 +84,9 @@ class _BodyDrain(Protocol):
             self.done(self.length, reason)
 
 
+@implementer(IHandshakeListener)
 class Connection(HTTP11ClientProtocol):
-    """One client connection; tells its owner when it is up, idle again, and gone."""
+    """One client connection; tells its owner when it is up (TLS: and its handshake done), idle again, and gone."""
 
     def __init__(self, owner: ConnectionOwner) -> None:
         super().__init__(quiescentCallback=owner.connection_idle)
@@ -86,10 +95,16 @@ class Connection(HTTP11ClientProtocol):
         self.target_index = 0  # close mode: which target that request goes to
         self.connect_started = 0.0  # when connecting began (the owner's clock)
         self.timed_out = False  # the owner aborted it past its deadline
+        self.tls = False  # over TLS: ready for requests once the handshake is done, not when TCP is up
+        self.tcp_up = 0.0  # TLS: when the TCP connection came up (the owner's clock), the handshake's start
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.owner.connection_made(self)
+
+    def handshakeCompleted(self) -> None:
+        """TLS: the handshake is done (and the server verified, unless told not to)."""
+        self.owner.handshake_completed(self)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         super().connectionLost(reason)
@@ -110,6 +125,9 @@ class ConnectionOwner:
     """What a :class:`Connection` reports to (the engine implements it)."""
 
     def connection_made(self, connection: Connection) -> None:
+        raise NotImplementedError
+
+    def handshake_completed(self, connection: Connection) -> None:
         raise NotImplementedError
 
     def connection_idle(self, connection: Connection) -> None:
@@ -137,8 +155,27 @@ class _OneConnectionFactory(ClientFactory):
         self.connection.owner.connect_failed(self.connection, reason)
 
 
-def connect(reactor: IReactorTCP, host: str, port: int, owner: ConnectionOwner, timeout: float) -> Connection:
-    """Start connecting a new :class:`Connection` to an address (no name lookup here)."""
+class _TLSFactory(TLSMemoryBIOFactory):
+    """TLS around one connection, without Twisted's default write aggregation.
+
+    ``BufferingTLSTransport`` (the default) holds each write for a reactor
+    turn, a ``callLater`` per request, to join small writes; a prepared
+    request is one write already.
+    """
+
+    protocol = TLSMemoryBIOProtocol
+
+
+def connect(reactor: IReactorTCP, host: str, port: int, owner: ConnectionOwner, timeout: float,
+            tls: Any = None) -> Connection:
+    """Start connecting a new :class:`Connection` to an address (no name lookup here).
+
+    ``tls``: an ``IOpenSSLClientConnectionCreator`` (see :mod:`loadgen.lib.tls`) to speak TLS over the connection.
+    """
     connection = Connection(owner)
-    reactor.connectTCP(host, port, _OneConnectionFactory(connection), timeout=timeout)
+    factory: ClientFactory = _OneConnectionFactory(connection)
+    if tls is not None:
+        connection.tls = True
+        factory = _TLSFactory(tls, True, factory, reactor)
+    reactor.connectTCP(host, port, factory, timeout=timeout)
     return connection

@@ -12,7 +12,10 @@ the previous one is answered; the intended start is the actual start.
 
 Keep-alive never holds more connections than the concurrency (closed) or
 ``max_in_flight`` (open); ``close`` opens one connection per request and sends
-``Connection: close``.  When requests start is the pacer's answer
+``Connection: close``.  Over TLS (an ``https`` target) a connection takes
+requests once its handshake is done; in close mode the handshake is timed
+beside the connect, and a handshake that fails (or outlasts ``timeout``)
+fails its request, of kind ``tls`` (``timeout``).  When requests start is the pacer's answer
 (:mod:`loadgen.lib.pacer`); what their outcomes add up to is the recorder's
 (:mod:`loadgen.lib.recorder`).
 """
@@ -36,6 +39,7 @@ from loadgen.lib.plan import Plan, Target
 from loadgen.lib.recorder import Recorder
 from loadgen.lib.results import StepResult
 from loadgen.lib.targets import TargetMix
+from loadgen.lib.tls import TLS_ERRORS, TlsClient
 
 # The reactor's timers have 1 ms resolution (epoll_wait rounds its timeout
 # up to whole milliseconds), so a timer for time T fires somewhere in
@@ -56,12 +60,16 @@ def classify(failure: Failure | None, status: int) -> str | None:
         if status >= 400:
             return "http_4xx"
         return None
+    if failure.check(*TLS_ERRORS):
+        return "tls"
     if failure.check(ierror.ConnectionRefusedError):
         return "connect_refused"
     if failure.check(ierror.TimeoutError, ierror.TCPTimedOutError):
         return "connect_timeout"
     if failure.check(ResponseFailed, ResponseNeverReceived):
         reasons = getattr(failure.value, "reasons", [])
+        if any(r.check(*TLS_ERRORS) for r in reasons):
+            return "tls"  # e.g. TLS 1.3: the server refuses the client's certificate after the client's handshake
         if any(r.check(ierror.ConnectionDone, ierror.ConnectionLost, ierror.ConnectionAborted) for r in reasons):
             return "reset"
     if failure.check(ierror.ConnectionLost, ierror.ConnectionDone, ierror.ConnectionAborted, ConnectionResetError):
@@ -104,6 +112,8 @@ class Engine(ConnectionOwner):
         self.schedule = mix.schedule
         self.period = len(mix.schedule)
         self.expect_status = mix.expect_status
+        first = mix.targets[0]
+        self.tls = (mix.tls or TlsClient()).creator(first.server_name) if first.tls else None
         self.admitted = 0  # closed model: requests started so far (their index in the schedule)
         self.pacer = ConstantPacer(plan.rate, *plan.shard) if plan.model == "open" else None
         self.cap = plan.connection_cap
@@ -113,6 +123,7 @@ class Engine(ConnectionOwner):
         self.connecting = 0
         self.opened = 0
         self.busy: dict[Connection, tuple[float, float, float]] = {}  # conn -> (intended, sent, deadline)
+        self.handshaking: dict[Connection, float] = {}  # TLS: conn -> deadline of its handshake
         # attempts admitted (in flight) but not yet sent: (intended start, target index)
         self.pending: deque[tuple[float, int]] = deque()
         # open model: due starts that found max_in_flight full: (intended start, target index)
@@ -121,6 +132,7 @@ class Engine(ConnectionOwner):
         self.started = 0  # open model: requests started on the schedule so far
         self.users_active = 0
         self.recorder = Recorder(0.0, closed_model=plan.model == "closed", connect_times=self.close_mode,
+                                 handshake_times=self.close_mode and self.tls is not None,
                                  targets=[(t.label, t.weight) for t in mix.targets] if mix.per_target else None)
         self._tick_call: IDelayedCall | None = None
         self._sweep_call: IDelayedCall | None = None
@@ -192,7 +204,7 @@ class Engine(ConnectionOwner):
     def _admit(self, intended: float, index: int) -> None:
         self.in_flight += 1
         if self.close_mode:
-            conn = connect(self.reactor, self.target.address, self.target.port, self, self.plan.timeout)
+            conn = connect(self.reactor, self.target.address, self.target.port, self, self.plan.timeout, self.tls)
             conn.attempt = intended
             conn.target_index = index
             conn.connect_started = self.now()
@@ -209,7 +221,7 @@ class Engine(ConnectionOwner):
             self._send(idle.pop(), *pending.popleft())
         need = len(pending) - self.connecting
         while need > 0 and self.open + self.connecting < self.cap:
-            connect(self.reactor, self.target.address, self.target.port, self, self.plan.timeout)
+            connect(self.reactor, self.target.address, self.target.port, self, self.plan.timeout, self.tls)
             self.connecting += 1
             self.opened += 1
             need -= 1
@@ -250,11 +262,30 @@ class Engine(ConnectionOwner):
     # -- connection events (ConnectionOwner) -----------------------------
 
     def connection_made(self, conn: Connection) -> None:
+        now = self.now()
+        if self.close_mode:
+            self.recorder.connected(conn.attempt, now - conn.connect_started)
+        if conn.tls:  # still "connecting" until the handshake is done
+            conn.tcp_up = now
+            self.handshaking[conn] = now + self.plan.timeout
+            return
+        self._ready(conn)
+
+    def handshake_completed(self, conn: Connection) -> None:
+        if self.handshaking.pop(conn, None) is None:
+            return  # already given up on (timed out)
+        if self.close_mode:
+            self.recorder.handshaken(conn.attempt, self.now() - conn.tcp_up)
+        self._ready(conn)
+
+    def _ready(self, conn: Connection) -> None:
+        """A connection can take requests: send its request (close), or use it for what is pending."""
         self.connecting -= 1
         self.open += 1
         if self.close_mode:
-            self.recorder.connected(conn.attempt, self.now() - conn.connect_started)
             self._send(conn, conn.attempt, conn.target_index)
+        elif self._stopping and not self.waiting and not self.pending:
+            conn.transport.loseConnection()  # came up after the step's end (a TLS handshake outlasted it)
         else:
             self.idle.append(conn)
             self._pump()
@@ -268,6 +299,9 @@ class Engine(ConnectionOwner):
         self.idle.append(conn)
 
     def connection_lost(self, conn: Connection, reason: Failure) -> None:
+        if conn.tls and self.handshaking.pop(conn, None) is not None:
+            self.connect_failed(conn, reason)  # the handshake failed (or timed out): the request never left
+            return
         self.open -= 1
         if conn in self.idle:
             self.idle.remove(conn)
@@ -285,7 +319,7 @@ class Engine(ConnectionOwner):
         else:
             return
         self.in_flight -= 1
-        self.recorder.finished(intended, None, now, classify(reason, 0), 0, index)
+        self.recorder.finished(intended, None, now, "timeout" if conn.timed_out else classify(reason, 0), 0, index)
         self._next(now)
 
     # -- timeouts, progress, the end ------------------------------------
@@ -293,6 +327,10 @@ class Engine(ConnectionOwner):
     def _sweep(self) -> None:
         now = self.now()
         for conn, (_, _, deadline) in list(self.busy.items()):
+            if now > deadline and conn.transport is not None:
+                conn.timed_out = True
+                conn.transport.abortConnection()
+        for conn, deadline in list(self.handshaking.items()):
             if now > deadline and conn.transport is not None:
                 conn.timed_out = True
                 conn.transport.abortConnection()
@@ -324,7 +362,7 @@ class Engine(ConnectionOwner):
 
     def _abandon(self) -> None:
         now = self.now()
-        for conn in list(self.busy):
+        for conn in [*self.busy, *self.handshaking]:
             conn.timed_out = True
             if conn.transport is not None:
                 conn.transport.abortConnection()

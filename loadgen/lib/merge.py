@@ -110,6 +110,8 @@ def _merge_step(index: int, steps: Sequence[StepResult]) -> StepResult:
     service = _merged_histogram([step.service_histogram for step in steps])
     connect_payloads = [step.connect_histogram for step in steps if step.connect_histogram is not None]
     connect = _merged_histogram(connect_payloads) if connect_payloads else None
+    handshake_payloads = [step.tls_handshake_histogram for step in steps if step.tls_handshake_histogram is not None]
+    handshake = _merged_histogram(handshake_payloads) if handshake_payloads else None
     server = next((step.server for step in steps if step.server is not None), None)
     return StepResult(
         offered_rps=_sum_optional([step.offered_rps for step in steps]),
@@ -131,6 +133,8 @@ def _merge_step(index: int, steps: Sequence[StepResult]) -> StepResult:
         timeseries=None,  # per-process timelines do not align sample by sample
         codes=_add_counts([step.codes for step in steps]),
         targets=_merge_targets(index, steps),
+        tls_handshake_ms=handshake.summary() if handshake is not None else None,
+        tls_handshake_histogram=handshake.encode() if handshake is not None else None,
     )
 
 
@@ -161,4 +165,5 @@ def merge_results(results: Sequence[RunResult]) -> RunResult:
         steps=steps,
         knee=None,
         slo=[],
+        insecure=any(result.insecure for result in results),
     )

@@ -22,6 +22,8 @@ class Target:
     method: bytes = b"GET"
     body: bytes | None = None  # sent with a Content-Length; None: no body
     weight: int = 1  # its share of requests within a mix of targets
+    tls: bool = False  # https: the connection speaks TLS
+    server_name: str = ""  # https: the URL's host, sent as SNI and verified against the certificate
 
     @property
     def label(self) -> str:
@@ -30,7 +32,8 @@ class Target:
 
     def __post_init__(self) -> None:
         if not self.url:
-            self.url = f"http://{self.host_header.decode('idna')}{self.path.decode('ascii')}"
+            scheme = "https" if self.tls else "http"
+            self.url = f"{scheme}://{self.host_header.decode('idna')}{self.path.decode('ascii')}"
 
 
 def resolve_target(url: str, headers: list[str] | None = None, *, method: str = "GET", body: bytes | None = None,
@@ -38,12 +41,13 @@ def resolve_target(url: str, headers: list[str] | None = None, *, method: str = 
     """Check the URL and resolve its host once (the hot path does no name lookups); headers are 'Name: value'."""
     method_bytes = parse_method(method)
     parts = urlsplit(url)
-    if parts.scheme != "http":
-        raise InputError("URL", "must start with http:// (https is not supported)", url)
+    if parts.scheme not in ("http", "https"):
+        raise InputError("URL", "must start with http:// or https://", url)
     if not parts.hostname:
         raise InputError("URL", "has no host", url)
+    tls = parts.scheme == "https"
     try:
-        port = parts.port or 80
+        port = parts.port or (443 if tls else 80)
     except ValueError:
         raise InputError("URL", "has a bad port", url) from None
     try:
@@ -59,7 +63,7 @@ def resolve_target(url: str, headers: list[str] | None = None, *, method: str = 
     return Target(address=address, port=port, host_header=host_header.encode("idna"),
                   path=path.encode("ascii") if path.isascii() else quote(path, safe="/?&=%:+,;@!$'()*~").encode("ascii"),
                   headers=[parse_header(h) for h in headers or []], url=url, method=method_bytes, body=body,
-                  weight=weight)
+                  weight=weight, tls=tls, server_name=parts.hostname if tls else "")
 
 
 @dataclass

@@ -53,7 +53,7 @@ class Recorder:
     """
 
     def __init__(self, measure_from: float, *, closed_model: bool, connect_times: bool,
-                 targets: list[tuple[str, int]] | None = None) -> None:
+                 handshake_times: bool = False, targets: list[tuple[str, int]] | None = None) -> None:
         self.codes: dict[int, int] = {}
         self.target_info = targets
         self.per_target = [_TargetCounts() for _ in targets] if targets else None
@@ -62,6 +62,7 @@ class Recorder:
         self.latency = LatencyHistogram()
         self.service = LatencyHistogram()
         self.connect = LatencyHistogram() if connect_times else None
+        self.handshake = LatencyHistogram() if handshake_times else None
         self.lag = LatencyHistogram()
         self.requests = 0
         self.ok = 0
@@ -85,6 +86,11 @@ class Recorder:
         """The connection for the request intended at ``intended`` took ``seconds`` to open."""
         if intended >= self.measure_from and self.connect is not None:
             self.connect.record_ms(seconds * 1000.0)
+
+    def handshaken(self, intended: float, seconds: float) -> None:
+        """The TLS handshake on the connection for the request intended at ``intended`` took ``seconds``."""
+        if intended >= self.measure_from and self.handshake is not None:
+            self.handshake.record_ms(seconds * 1000.0)
 
     def finished(self, intended: float, sent: float | None, now: float, kind: str | None, status: int = 0,
                  target: int = 0) -> None:
@@ -193,6 +199,8 @@ class Recorder:
             service_histogram=self.service.encode(),
             connect_histogram=self.connect.encode() if self.connect is not None else None,
             connections_opened=connections_opened,
+            tls_handshake_ms=self.handshake.summary() if self.handshake is not None else None,
+            tls_handshake_histogram=self.handshake.encode() if self.handshake is not None else None,
             codes={str(code): count for code, count in sorted(self.codes.items())},
             targets=[counts.to_dict(label, weight) for counts, (label, weight)
                      in zip(self.per_target, self.target_info, strict=True)]

@@ -91,6 +91,13 @@ def _notes(result: RunResult) -> list[str]:
         if step.codes:
             codes = " ".join(f"{code}={count}" for code, count in sorted(step.codes.items()))
             lines.append(f"status codes at {_step_label(index, step)}: {codes}")
+        if step.tls_handshake_ms is not None:
+            connect, handshake = step.connect_ms or {}, step.tls_handshake_ms
+            lines.append(
+                f"connections at {_step_label(index, step)}: TCP connect p50 {_num(connect.get('p50'), 2)} ms, "
+                f"p99 {_num(connect.get('p99'), 2)} ms; TLS handshake p50 {_num(handshake.get('p50'), 2)} ms, "
+                f"p99 {_num(handshake.get('p99'), 2)} ms, max {_num(handshake.get('max'), 2)} ms"
+            )
         for label, entry in per_target(step):
             errors = " ".join(f"{kind}={count}" for kind, count in sorted((entry.get("errors") or {}).items()))
             codes = " ".join(f"{code}={count}" for code, count in sorted((entry.get("codes") or {}).items()))
@@ -122,7 +129,7 @@ def _notes(result: RunResult) -> list[str]:
 def _header(result: RunResult) -> str:
     return (
         f"{result.tool} {result.version}  {result.target}  {result.model} model, {result.connection}, "
-        f"started {result.started_at}"
+        f"started {result.started_at}" + ("  (--insecure: TLS certificates not verified)" if result.insecure else "")
     )
 
 
@@ -162,6 +169,7 @@ def _csv_columns(result: RunResult) -> list[str]:
         *(f"latency_ms_{key}" for key in SUMMARY_KEYS),
         *(f"service_time_ms_{key}" for key in SUMMARY_KEYS),
         *(f"connect_ms_{key}" for key in SUMMARY_KEYS),
+        *(f"tls_handshake_ms_{key}" for key in SUMMARY_KEYS),
         *(f"generator_{key}" for key in generator_keys),
         *(f"server_{key}" for key in server_keys),
     ]  # fmt: skip
@@ -183,6 +191,7 @@ def _csv_row(index: int, step: StepResult) -> dict[str, Any]:
         ("latency_ms", step.latency_ms),
         ("service_time_ms", step.service_time_ms),
         ("connect_ms", step.connect_ms),
+        ("tls_handshake_ms", step.tls_handshake_ms),
     ):
         row.update({f"{prefix}_{key}": value for key, value in (summary or {}).items()})
     row.update({f"generator_{key}": value for key, value in step.generator.items()})

@@ -12,7 +12,8 @@ from typing import Any
 
 from loadgen import __version__
 
-ERROR_KINDS = ("connect_refused", "connect_timeout", "reset", "timeout", "status", "http_5xx", "http_4xx", "other")
+ERROR_KINDS = ("connect_refused", "connect_timeout", "tls", "reset", "timeout", "status", "http_5xx", "http_4xx",
+               "other")
 MODELS = ("open", "closed")
 CONNECTIONS = ("keep-alive", "close")
 GENERATOR_KEYS = ("schedule_lag_ms_p99", "cpu_percent", "saturated")
@@ -56,6 +57,8 @@ class StepResult:
     refined: bool | None = None  # a step of sweep --refine's bisection, not of the grid
     codes: dict[str, int] | None = None  # responses by HTTP status code
     targets: list[dict[str, Any]] | None = None  # per-target breakdown of a mix of targets
+    tls_handshake_ms: dict[str, float] | None = None  # TLS, Connection: close: the handshakes' summary
+    tls_handshake_histogram: str | None = None
 
     @property
     def error_count(self) -> int:
@@ -90,7 +93,7 @@ class StepResult:
 
 
 _STEP_EXTRAS = ("service_histogram", "connect_histogram", "connections_opened", "timeseries", "refined",
-                "codes", "targets")
+                "codes", "targets", "tls_handshake_ms", "tls_handshake_histogram")
 _STEP_REQUIRED = tuple(f.name for f in fields(StepResult) if f.name not in _STEP_EXTRAS)
 _NUMBER = (int, float)
 _STEP_TYPES: dict[str, tuple[type, ...]] = {
@@ -123,6 +126,7 @@ class RunResult:
     steps: list[StepResult] = field(default_factory=list)
     knee: dict[str, Any] | None = None
     slo: list[dict[str, Any]] = field(default_factory=list)
+    insecure: bool = False  # --insecure: TLS certificates were not verified (written only when true)
 
     @property
     def knee_step(self) -> StepResult | None:
@@ -144,6 +148,7 @@ class RunResult:
             "steps": [step.to_dict() for step in self.steps],
             "knee": self.knee,
             "slo": list(self.slo),
+            **({"insecure": True} if self.insecure else {}),
         }
 
     @classmethod
@@ -179,6 +184,7 @@ class RunResult:
             steps=steps,
             knee=data.get("knee"),
             slo=list(data.get("slo") or []),
+            insecure=data.get("insecure") is True,
         )
 
     def dump(self, path: str | os.PathLike[str]) -> None:

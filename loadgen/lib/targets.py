@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from loadgen.lib.inputs import InputError, parse_header
 from loadgen.lib.plan import Target, resolve_target
+from loadgen.lib.tls import TlsClient
 
 MAX_TARGETS = 1000  # each keeps its own latency histogram
 MAX_PERIOD = 1_000_000  # slots in one period of the schedule, after dividing the weights by their gcd
@@ -47,6 +48,7 @@ class TargetMix:
     expect_status: frozenset[int] | None = None  # other codes are errors of kind "status"; None: >= 400 are
     per_target: bool = True  # write the per-target breakdown (a plain single URL does not)
     url: str = ""  # what the result file's ``target`` says; default: the first target's URL, or the origin
+    tls: TlsClient | None = None  # https targets: trust, client certificate, verification (None: the defaults)
     schedule: list[int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -55,7 +57,8 @@ class TargetMix:
         self.schedule = interleave([t.weight for t in self.targets])
         if not self.url:
             first = self.targets[0]
-            self.url = first.url if len(self.targets) == 1 else f"http://{first.host_header.decode('idna')}"
+            scheme = "https" if first.tls else "http"
+            self.url = first.url if len(self.targets) == 1 else f"{scheme}://{first.host_header.decode('idna')}"
 
     @property
     def address(self) -> str:
@@ -94,11 +97,13 @@ def parse_target_file(path: str, headers: list[str] | None = None) -> list[Targe
     parsed = _json_lines(path, lines, headers or []) if first.startswith("{") else _http(path, lines, headers or [])
     if not parsed:
         raise InputError("targets", f"{path}: has no targets")
-    origin = (parsed[0][1].address, parsed[0][1].port)
+    def origin(target: Target) -> tuple[str, int, bool, str]:  # with TLS, one server name too (SNI)
+        return target.address, target.port, target.tls, target.server_name
+
     for lineno, target in parsed:
-        if (target.address, target.port) != origin:
-            raise _at(path, lineno, f"{target.url!r} is not on the first target's host and port (one connection "
-                                    "pool per run)")
+        if origin(target) != origin(parsed[0][1]):
+            raise _at(path, lineno, f"{target.url!r} is not on the first target's scheme, host and port (one "
+                                    "connection pool per run)")
     if len(parsed) > MAX_TARGETS:
         raise InputError("targets", f"{path}: more than {MAX_TARGETS} targets")
     return [target for _, target in parsed]

@@ -2,6 +2,7 @@
 
     python delay_server.py [--delay-ms 10] [--capacity N]
                            [--freeze-ms 0 (--freeze-every-ms 1500 | --freeze-at-ms 500,2250)]
+                           [--tls-cert PEM --tls-key PEM [--client-ca PEM]]
 
 Prints ``port N`` once listening on a free loopback port.  It imports nothing
 of loadgen: it is the reference the generator is measured against.
@@ -20,6 +21,10 @@ requests whose client left before the answer (``abandoned``), and each
 freeze's start (seconds after the first request) and measured length.
 ``GET /arrivals`` answers the arrival time of each request (seconds after the
 first, at most 100000) and the client's port.
+
+With ``--tls-cert``/``--tls-key`` it speaks HTTPS (``accepted`` counts TCP
+connections, handshaken or not); with ``--client-ca`` too, it demands a client
+certificate signed by that CA.
 
 ``/echo`` (any method, no delay) answers the SHA-256 of the method, a newline
 and the request body, and keeps [method, body length, that digest, the
@@ -156,10 +161,25 @@ def main() -> None:
     parser.add_argument("--freeze-ms", type=float, default=0.0)
     parser.add_argument("--freeze-every-ms", type=float, default=1500.0)
     parser.add_argument("--freeze-at-ms", default="", help="comma list of offsets after the first request")
+    parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate")
+    parser.add_argument("--tls-key", help="the certificate's PEM key")
+    parser.add_argument("--client-ca", help="demand client certificates signed by this CA (PEM)")
     args = parser.parse_args()
     freeze_at_s = [float(v) / 1000.0 for v in args.freeze_at_ms.split(",") if v.strip()]
     resource = Delayed(args.delay_ms / 1000.0, args.capacity, args.freeze_ms, freeze_at_s)
-    port = reactor.listenTCP(0, CountingSite(resource), backlog=1024, interface="127.0.0.1")
+    if args.tls_cert:
+        from twisted.internet import ssl
+
+        with open(args.tls_cert, "rb") as cert, open(args.tls_key, "rb") as key:
+            server = ssl.PrivateCertificate.loadPEM(cert.read() + b"\n" + key.read())
+        extra = {}
+        if args.client_ca:
+            with open(args.client_ca, "rb") as ca:
+                extra = {"verify": True, "requireCertificate": True, "caCerts": [ssl.Certificate.loadPEM(ca.read()).original]}
+        options = ssl.CertificateOptions(privateKey=server.privateKey.original, certificate=server.original, **extra)
+        port = reactor.listenSSL(0, CountingSite(resource), options, backlog=1024, interface="127.0.0.1")
+    else:
+        port = reactor.listenTCP(0, CountingSite(resource), backlog=1024, interface="127.0.0.1")
     if args.freeze_ms > 0 and not freeze_at_s:
         LoopingCall(freeze, args.freeze_ms / 1000.0).start(args.freeze_every_ms / 1000.0, now=False)
     print(f"port {port.getHost().port}", flush=True)
