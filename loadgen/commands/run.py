@@ -15,7 +15,7 @@ from twisted.internet.task import deferLater
 from loadgen.commands import _common
 from loadgen.commands._common import UsageError
 from loadgen.lib.analysis import parse_slo
-from loadgen.lib.inputs import InputError, parse_shard
+from loadgen.lib.inputs import InputError, parse_shard, parse_start_at
 from loadgen.lib.merge import merge_results
 from loadgen.lib.plan import Plan
 from loadgen.lib.results import RunResult, StepResult, now_iso
@@ -38,7 +38,9 @@ def configure(run: argparse.ArgumentParser) -> None:
                           "so N generators started together merge into one plan")
     run.add_argument("--slo", action="append", default=[], metavar="EXPR",
                      help="e.g. 'p99<50ms', 'error_rate<0.1%%', 'achieved_rps>=0.98*offered'; repeatable")
-    run.add_argument("--start-at", type=float, help=argparse.SUPPRESS)  # --procs: common start (epoch s)
+    run.add_argument("--start-at", metavar="EPOCH",
+                     help="start at this wall-clock time (Unix seconds, within a day), not at once: generators "
+                          "on several machines with one EPOCH and --shard I/N send one plan (clocks must agree)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -51,6 +53,7 @@ def main(args: argparse.Namespace) -> int:
     slos = _common.conditions(args.slo, "--slo", parse_slo)
     try:
         shard = parse_shard(args.shard)
+        start_at = parse_start_at(args.start_at, time.time()) if args.start_at is not None else None
     except InputError as e:
         raise _common.named(e) from None
     if shard[1] > 1 and args.rate is None:
@@ -59,37 +62,39 @@ def main(args: argparse.Namespace) -> int:
     plan = _common.plan(args, rate=args.rate, concurrency=args.concurrency, duration=duration, warmup=warmup,
                         shard=shard)
     if args.procs > 1:
-        result = _run_procs(args, shard)
+        result = _run_procs(args, shard, start_at)
     else:
-        steps = _run(args, target, plan)
+        steps = _run(args, target, plan, start_at)
         result = RunResult(target=target.url, model=plan.model, connection=args.connection, started_at=now_iso(),
                            steps=steps)
     return _common.finish(args, result, slos, step_for_slo=result.steps[-1] if result.steps else None)
 
 
-def _run(args: argparse.Namespace, target: TargetMix, plan: Plan) -> list[StepResult]:
-    """The step on the global reactor, from the common start time (--start-at) when there is one."""
+def _run(args: argparse.Namespace, target: TargetMix, plan: Plan, start_at: float | None) -> list[StepResult]:
+    """The step on the global reactor, from the common wall-clock start time (--start-at) when there is one."""
     progress = _common.progress(args)
 
     async def go(reactor: Any) -> list[StepResult]:
         start = None
-        if args.start_at is not None:  # the common start, on the engine's clock; timers may fire a little late
-            start = time.monotonic() + (args.start_at - time.time())
+        if start_at is not None:  # the common start, on the engine's clock; timers may fire a little late
+            start = time.monotonic() + (start_at - time.time())
             await deferLater(reactor, max(0.0, start - time.monotonic()), lambda: None)
         return await run_steps(reactor, target, [plan], args.scrape, progress=progress, start=start)
 
     return _common.react_with(progress, "run", go)
 
 
-def _run_procs(args: argparse.Namespace, shard: tuple[int, int]) -> RunResult:
+def _run_procs(args: argparse.Namespace, shard: tuple[int, int], start_at: float | None) -> RunResult:
     """Run N child generators with a common start time, each with a share of the load; merge them.
 
     Open model: child i takes shard i of N of this generator's schedule (of
     its own --shard, if any), so the children send one schedule between them,
-    interleaved, not N requests at each instant.
+    interleaved, not N requests at each instant.  The start is ``start_at``
+    (--start-at, shared with other machines) if given, else a moment from now.
     """
     n = args.procs
-    start_at = time.time() + 1.0 + 0.2 * n  # time for the children to start
+    if start_at is None:
+        start_at = time.time() + 1.0 + 0.2 * n  # time for the children to start
     with tempfile.TemporaryDirectory(prefix="loadgen-") as tmp:
         children = []
         for i in range(n):

@@ -1,4 +1,4 @@
-"""The user's inputs as text: durations, rate ranges, shards and request headers, parsed.
+"""The user's inputs as text: durations, rate ranges, shards, start times and request headers, parsed.
 
 Errors are :class:`InputError`: the name of the input at fault (the
 library's name for it, never a command-line flag), what is wrong, and the
@@ -7,6 +7,7 @@ value given.  The command line maps the name to its flag.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -69,6 +70,29 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     if not m or not int(m.group(1)) < int(m.group(2)):
         raise InputError("shard", "must be I/N with 0 <= I < N", text)
     return int(m.group(1)), int(m.group(2))
+
+
+MAX_START_AHEAD_S = 86400.0
+
+
+def parse_start_at(text: str, now: float) -> float:
+    """A wall-clock start time in Unix seconds (``now`` is the current one): still to come, and within a day.
+
+    A start already past would send every request due since then at once, a
+    burst no plan asked for; one more than a day away is most likely
+    milliseconds given for seconds.
+    """
+    try:
+        epoch = float(text)
+    except ValueError:
+        epoch = math.nan
+    if not math.isfinite(epoch):
+        raise InputError("start_at", "must be a wall-clock time in Unix seconds (as date +%s prints)", text)
+    if epoch <= now:
+        raise InputError("start_at", f"is {now - epoch:.1f} s in the past: give a time still to come", text)
+    if epoch - now > MAX_START_AHEAD_S:
+        raise InputError("start_at", "is more than a day away (Unix seconds, not milliseconds?)", text)
+    return epoch
 
 
 _OWN_HEADERS = ("host", "connection", "content-length", "transfer-encoding")
