@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import ssl as stdlib_ssl
+import subprocess
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-from loadgen_factories import Server, loadgen
+from loadgen_factories import Server, loadgen, make_run, step_with, summary
 from OpenSSL import SSL
 from service_identity.exceptions import VerificationError
 from twisted.internet.defer import ensureDeferred
@@ -26,6 +27,8 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseNeverReceived
 
 from loadgen.lib.children import DATASERV_LISTENING, ChildServer, dataserv_argv
+from loadgen.lib.compare import default_configurations, load_and_scrape_ports
+from loadgen.lib.compare_report import build_report, tls_lines
 from loadgen.lib.engine import Engine, classify
 from loadgen.lib.inputs import InputError
 from loadgen.lib.plan import Plan, resolve_target
@@ -318,3 +321,70 @@ def test_dataserv_serves_https_on_an_ssl_endpoint(tmp_path: Path, certs) -> None
         step = result["steps"][0]
         assert code == 0 and step["errors"] == {} and step["ok"] >= 45 and step["codes"] == {"200": step["ok"]}
         assert handshakes(step) == step["requests"]
+
+
+# -- loadgen compare --tls ------------------------------------------------------------------
+
+
+def test_compare_tls_adds_close_over_tls_for_each_close_configuration() -> None:
+    """--tls: a close-over-TLS twin of each dispatch x kind with a close configuration (all, if none), last."""
+    names = [c.name for c in default_configurations(["inline", "threads"], ["pbkdf2", "python"], None, 2, 4.0,
+                                                    tls=True)]
+    assert names[-2:] == ["inline-pbkdf2-close-tls", "threads-pbkdf2-close-tls"] and len(names) == 8
+    only_keep_alive = default_configurations(["threads"], ["python"], ["keep-alive"], 2, 4.0, tls=True)
+    assert [(c.name, c.connection, c.tls) for c in only_keep_alive] == [
+        ("threads-python-keep-alive", "keep-alive", False), ("threads-python-close-tls", "close", True)]
+    tls = only_keep_alive[1]
+    assert load_and_scrape_ports(tls, [1000, 2000]) == (2000, 1000)  # the ssl: endpoint is listed second
+    assert load_and_scrape_ports(only_keep_alive[0], [1000, 2000]) == (1000, 2000)
+
+
+def _tls_entry(name: str, tls: bool, knee: float | None, cpu_ms: float, handshake_ms: float | None,
+               accepted: float, done: float) -> dict[str, Any]:
+    first = step_with(100.0, 100.0, 5.0, 8.0, server={"reactor_cpu_ms_per_request": cpu_ms},
+                      tls_handshake_ms=summary(handshake_ms, 2 * handshake_ms) if handshake_ms else None)
+    second = step_with(200.0, 150.0, 50.0, 800.0, server={"reactor_cpu_ms_per_request": 9.9})
+    overload = step_with(300.0, 120.0, 300.0, 900.0, server={"accepted_per_s": accepted, "done_per_s": done})
+    return {"name": name, "dispatch": "threads", "work_kind": "pbkdf2", "connection": "close", "tls": tls,
+            "pool_size": 2, "work_ms": 4.0, "ceiling_rps": 500.0, "knee_rps": knee, "result": make_run([second, first]).to_dict(), "overload": overload.to_dict(),
+            "error": None}
+
+
+def test_the_compare_report_sets_tls_beside_plain_close() -> None:
+    """The TLS section pairs each TLS configuration with its plain close twin: knees, the handshake and the
+    reactor's CPU per request at the lightest step, accepted against done at overload."""
+    document = {"configurations": [
+        _tls_entry("threads-pbkdf2-close", False, 400.0, 0.4, None, 250.0, 240.0),
+        _tls_entry("threads-pbkdf2-close-tls", True, 200.0, 1.6, 1.5, 290.0, 140.0),
+    ]}
+    lines = tls_lines(document)
+    row = next(line for line in lines if line.startswith("| threads-pbkdf2-close-tls"))
+    assert [c.strip() for c in row.strip("|").split("|")] == [
+        "threads-pbkdf2-close-tls", "400.0", "200.0", "0.50", "1.50", "3.00", "0.400", "1.600", "290.0", "140.0"]
+    text = "\n".join(lines)
+    assert "+1.200 ms" in text and "accepted 290.0 connections/s and completed 140.0/s" in text
+    assert tls_lines({"configurations": document["configurations"][:1]}) == []
+    assert "Connection: close over TLS" in build_report({**document, "machine": {}, "settings": {}})
+
+
+@pytest.mark.slow
+def test_a_short_real_compare_with_tls(tmp_path: Path) -> None:
+    """compare --tls: dataserv on an ssl: endpoint with a certificate made in DIR/tls, swept over verified TLS
+    with one handshake per request; the report's TLS section; no server left running."""
+    out = tmp_path / "cmp"
+    result = loadgen("compare", "--dispatch", "threads", "--work-kind", "pbkdf2", "--connection", "close", "--tls",
+                     "--work-ms", "2", "--pool-size", "2", "--fractions", "0.2", "--step-duration", "1s",
+                     "--overload", "0.5", "--overload-duration", "1s", "--refine", "0", "--out-dir", str(out),
+                     "--quiet", check=False)
+    assert result.returncode == 0, result.stderr
+    entries = {e["name"]: e for e in json.loads((out / "results.json").read_text())["configurations"]}
+    assert set(entries) == {"threads-pbkdf2-close", "threads-pbkdf2-close-tls"}
+    tls, plain = entries["threads-pbkdf2-close-tls"], entries["threads-pbkdf2-close"]
+    assert tls["tls"] is True and plain["tls"] is False and tls["error"] is None and tls["exit_code"] == 0
+    step = tls["result"]["steps"][0]
+    assert step["errors"] == {} and step["ok"] > 0 and tls["result"]["target"].startswith("https://localhost:")
+    assert handshakes(step) == step["requests"] and "tls_handshake_ms" not in plain["result"]["steps"][0]
+    assert step["server"]["accepted_per_s"] is not None  # scraped over the plain port
+    assert (out / "tls" / "ca.pem").exists()
+    assert "## Connection: close over TLS" in (out / "report.md").read_text()
+    assert str(out) not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout

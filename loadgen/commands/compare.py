@@ -29,6 +29,10 @@ def configure(compare: argparse.ArgumentParser) -> None:
     compare.add_argument("--work-kind", default="pbkdf2,python", help="comma list (default pbkdf2,python)")
     compare.add_argument("--connection", help="comma list for every configuration (default: keep-alive, plus "
                                               "close for inline and threads with pbkdf2)")
+    compare.add_argument("--tls", action="store_true",
+                         help="also Connection: close over HTTPS (dataserv's ssl: endpoint with a certificate made "
+                              "in DIR/tls, verified), for each dispatch and work kind with a close configuration: "
+                              "every request a TLS handshake on the accepting thread")
     compare.add_argument("--work-ms", type=float, default=4.0, help="CPU time per request (default 4)")
     compare.add_argument("--pool-size", type=int, default=os.cpu_count() or 1, help="default: the CPU count")
     compare.add_argument("--fractions", default=",".join(f"{f:g}" for f in DEFAULT_FRACTIONS),
@@ -87,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"--work-ms must be a positive number, got {args.work_ms:g}")
     _common.positive_int("--pool-size", args.pool_size)
     chosen = settings(args)
-    configs = default_configurations(dispatches, kinds, connections, args.pool_size, args.work_ms)
+    configs = default_configurations(dispatches, kinds, connections, args.pool_size, args.work_ms, tls=args.tls)
     for config in configs:
         config.extra_args = list(args.server_arg)
     try:

@@ -5,7 +5,10 @@ dataserv itself, sweeps it with the open model at fractions of its ceiling
 (pool size / work time) while scraping it, holds one overload step at
 ``overload`` x the knee with ``Connection: close`` (every request a freshly
 accepted connection, as in the original experiment), stops the server with
-SIGTERM and checks that it and its helpers are gone.  With peers, each
+SIGTERM and checks that it and its helpers are gone.  A TLS configuration
+(``--tls``) sweeps ``Connection: close`` over HTTPS (dataserv's ``ssl:``
+endpoint, a certificate made for the run, verified by loadgen), so every
+request pays a handshake on the accepting thread.  With peers, each
 peer server (:mod:`loadgen.lib.peers`) is then swept like dataserv's
 threads / pbkdf2 / keep-alive configuration.  The report is built from the
 measured numbers only (:mod:`loadgen.lib.compare_report`).
@@ -35,6 +38,8 @@ from loadgen.lib.plan import Plan, Target
 from loadgen.lib.results import RunResult
 from loadgen.lib.runner import run_steps, sweep
 from loadgen.lib.scrape import make_client
+from loadgen.lib.targets import TargetMix
+from loadgen.lib.tls import CertificateFiles, load_tls, write_self_signed
 
 # Steps as fractions of the ceiling: below, around and past the knee.
 DEFAULT_FRACTIONS = (0.25, 0.5, 0.7, 0.85, 1.0, 1.15)
@@ -51,10 +56,11 @@ class Configuration:
     pool_size: int
     work_ms: float
     extra_args: list[str] = field(default_factory=list)
+    tls: bool = False  # the load over HTTPS (dataserv's ssl: endpoint)
 
     @property
     def name(self) -> str:
-        return f"{self.dispatch}-{self.work_kind}-{self.connection}"
+        return f"{self.dispatch}-{self.work_kind}-{self.connection}" + ("-tls" if self.tls else "")
 
     @property
     def ceiling_rps(self) -> float:
@@ -68,10 +74,12 @@ class Configuration:
 
 
 def default_configurations(dispatches: list[str], kinds: list[str], connections: list[str] | None,
-                           pool_size: int, work_ms: float) -> list[Configuration]:
+                           pool_size: int, work_ms: float, tls: bool = False) -> list[Configuration]:
     """Every dispatch x kind with keep-alive; ``Connection: close`` too for pbkdf2 inline and threads.
 
-    An explicit ``connections`` list applies to every configuration.
+    An explicit ``connections`` list applies to every configuration.  With
+    ``tls``, each dispatch x kind that has a ``close`` configuration (every
+    one, if none has) gets a ``close`` over TLS one too, after all the others.
     """
     configs = []
     for dispatch in dispatches:
@@ -84,6 +92,10 @@ def default_configurations(dispatches: list[str], kinds: list[str], connections:
                 conns = ["keep-alive"]
             for conn in conns:
                 configs.append(Configuration(dispatch, kind, conn, pool_size, work_ms))
+    if tls:
+        pairs = list(dict.fromkeys((c.dispatch, c.work_kind) for c in configs if c.connection == "close"))
+        pairs = pairs or list(dict.fromkeys((c.dispatch, c.work_kind) for c in configs))
+        configs += [Configuration(dispatch, kind, "close", pool_size, work_ms, tls=True) for dispatch, kind in pairs]
     return configs
 
 
@@ -143,7 +155,13 @@ def _loopback(port: int) -> Target:
     return Target(address="127.0.0.1", port=port, host_header=f"127.0.0.1:{port}".encode(), path=b"/data")
 
 
-def dataserv_child(config: Configuration, log_dir: Path, cpus: str | None = None) -> ChildServer:
+def _strports_path(path: Path) -> str:
+    """A path as a strports value (``:`` and ``\\`` escaped)."""
+    return str(path).replace("\\", "\\\\").replace(":", "\\:")
+
+
+def dataserv_child(config: Configuration, log_dir: Path, cpus: str | None = None,
+                   certs: CertificateFiles | None = None) -> ChildServer:
     """``twistd -n dataserv`` on two free loopback ports: one for load, one for scrapes.
 
     The second endpoint has its own accept queue, so a scrape is not stuck
@@ -151,31 +169,57 @@ def dataserv_child(config: Configuration, log_dir: Path, cpus: str | None = None
     is seconds long).  With ``cpus`` it runs under ``taskset -c cpus``: a child
     inherits loadgen's CPU affinity, and dataserv pins its pool only within
     its own (``taskset -c 0 loadgen compare`` would leave it CPU 0 alone).
+    A TLS configuration's load port is an ``ssl:`` endpoint with ``certs``,
+    listed second: the first port, plain HTTP, is the one readiness and
+    scrapes use (:func:`load_and_scrape_ports`).
     """
     log = log_dir / f"{config.name}.log"
-    argv = dataserv_argv(config.server_args(), logfile=log,
-                         listen=["tcp:0:interface=127.0.0.1:backlog=1024", "tcp:0:interface=127.0.0.1"])
+    listen = ["tcp:0:interface=127.0.0.1:backlog=1024", "tcp:0:interface=127.0.0.1"]
+    if config.tls:
+        if certs is None:
+            raise ValueError("a TLS configuration needs certificates")
+        listen = ["tcp:0:interface=127.0.0.1", "ssl:0:interface=127.0.0.1:backlog=1024:"
+                  f"privateKey={_strports_path(certs.key)}:certKey={_strports_path(certs.cert)}"]
+    argv = dataserv_argv(config.server_args(), logfile=log, listen=listen)
     if cpus is not None:
         argv = ["taskset", "-c", cpus, *argv]
     return ChildServer(argv, log=log, listening=DATASERV_LISTENING, ports_needed=2,
                        output=log_dir / f"{config.name}.out", ready_path="/readyz")
 
 
+def load_and_scrape_ports(config: Configuration, ports: list[int]) -> tuple[int, int]:
+    """Which of :func:`dataserv_child`'s two ports takes the load and which the scrapes."""
+    return (ports[1], ports[0]) if config.tls else (ports[0], ports[1])
+
+
+def _load_target(config: Configuration, port: int, certs: CertificateFiles | None) -> Target | TargetMix:
+    """``/data`` on the load port: over TLS to ``localhost``, verified against the run's CA."""
+    if not config.tls:
+        return _loopback(port)
+    assert certs is not None
+    target = Target(address="127.0.0.1", port=port, host_header=f"localhost:{port}".encode(), path=b"/data",
+                    tls=True, server_name="localhost")
+    return TargetMix([target], per_target=False, tls=load_tls(cacert=str(certs.ca)))
+
+
 async def run_configuration(reactor: Any, config: Configuration, settings: Settings, out_dir: Path,
-                            client: Any, progress: Any = None) -> dict[str, Any]:
+                            client: Any, progress: Any = None,
+                            certs: CertificateFiles | None = None) -> dict[str, Any]:
     """Start, sweep, overload and stop one configuration; answer its entry of results.json."""
     entry: dict[str, Any] = {
         "name": config.name, "dispatch": config.dispatch, "work_kind": config.work_kind,
-        "connection": config.connection, "pool_size": 1 if config.dispatch == "inline" else config.pool_size,
+        "connection": config.connection, "tls": config.tls,
+        "pool_size": 1 if config.dispatch == "inline" else config.pool_size,
         "work_ms": config.work_ms, "ceiling_rps": config.ceiling_rps, "knee_rps": None, "result": None,
         "overload": None, "error": None, "exit_code": None,
     }
-    server = dataserv_child(config, out_dir / "logs", settings.server_cpus)
+    server = dataserv_child(config, out_dir / "logs", settings.server_cpus, certs)
     started = time.monotonic()
     try:
         await server.start(reactor, client)
-        target = _loopback(server.port)
-        metrics_url = server.url("/metrics", port=server.ports[1])
+        load_port, scrape_port = load_and_scrape_ports(config, server.ports)
+        target = _load_target(config, load_port, certs)
+        metrics_url = server.url("/metrics", port=scrape_port)
         result = await sweep_fractions(reactor, target, settings, config.ceiling_rps, config.work_ms,
                                        config.connection, metrics_url, progress)
         steps = result.steps
@@ -253,11 +297,12 @@ async def run_compare(reactor: Any, configs: list[Configuration], settings: Sett
     # row does the same work: a calibration moves by 10-20% with a shared
     # machine's load, more than the differences between configurations.
     iterations: dict[str, int] = {}
+    certs = write_self_signed(out_dir / "tls") if any(c.tls for c in configs) else None
     for config in configs:
         pinned = iterations.get(config.work_kind)
         if pinned and not any(a.startswith("--work-iterations") for a in config.extra_args):
             config = replace(config, extra_args=[*config.extra_args, "--work-iterations", str(pinned)])
-        entry = await run_configuration(reactor, config, settings, out_dir, client, progress)
+        entry = await run_configuration(reactor, config, settings, out_dir, client, progress, certs)
         if entry.get("work_iterations"):
             iterations.setdefault(config.work_kind, entry["work_iterations"])
         entries.append(entry)

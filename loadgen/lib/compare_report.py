@@ -283,6 +283,7 @@ def build_report(document: dict[str, Any], plots: list[str] | None = None) -> st
     if gil:
         lines += ["", "## Work that holds the GIL", ""] + [f"- {s}" for s in gil]
     lines += reactor_model_lines(document)
+    lines += tls_lines(document)
     orig = original_findings(rows, m)
     if orig:
         lines += ["", "## Against the original experiment", ""] + [f"- {s}" for s in orig]
@@ -376,6 +377,74 @@ def overload_figure(document: dict[str, Any]) -> Any:
     fig.suptitle("where the backlog waits: kernel accept queue vs process memory")
     fig.tight_layout()
     return fig
+
+
+TLS_HEADERS = ("configuration", "knee rps plain", "knee rps TLS", "TLS / plain", "handshake p50 ms",
+               "handshake p99 ms", "reactor CPU ms/req plain", "reactor CPU ms/req TLS", "overload accepted/s",
+               "overload done/s")
+TLS_INTRO = (
+    "Each request of these configurations opens a new connection and pays a full TLS handshake (no session "
+    "resumption), which dataserv does on its reactor thread: the thread that also accepts connections and, "
+    "inline, runs the work. Beside each, the same configuration over plain TCP (`close`). The handshake times "
+    "are the client's and the reactor's CPU per request the server's (`reactor_cpu_ms_per_request`), both at "
+    "each sweep's first (lightest) step, where nothing queues; the overload step shows accepted against done."
+)
+
+
+def _plain_twin(entry: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The plain-TCP ``close`` configuration of a TLS entry's dispatch and work kind."""
+    return next((e for e in entries if not e.get("tls") and e["dispatch"] == entry["dispatch"]
+                 and e["work_kind"] == entry["work_kind"] and e["connection"] == "close"), None)
+
+
+def _first_step(entry: dict[str, Any] | None) -> dict[str, Any]:
+    """A configuration's lightest sweep step (by offered rate); empty when it has none."""
+    steps = ((entry or {}).get("result") or {}).get("steps") or []
+    return min(steps, key=lambda s: s.get("offered_rps") or 0.0) if steps else {}
+
+
+def _reactor_cpu(entry: dict[str, Any] | None) -> float | None:
+    return (_first_step(entry).get("server") or {}).get("reactor_cpu_ms_per_request")
+
+
+def tls_lines(document: dict[str, Any]) -> list[str]:
+    """The report's section on ``Connection: close`` over TLS (Markdown); empty without TLS configurations."""
+    entries = document.get("configurations", [])
+    tls = [e for e in entries if e.get("tls")]
+    if not tls:
+        return []
+    lines = ["", "## Connection: close over TLS", "", TLS_INTRO, "",
+             "| " + " | ".join(TLS_HEADERS) + " |", "|---|" + "---:|" * (len(TLS_HEADERS) - 1)]
+    bullets = []
+    for entry in tls:
+        plain = _plain_twin(entry, entries)
+        handshake = _first_step(entry).get("tls_handshake_ms") or {}
+        overload = entry.get("overload") or {}
+        server = overload.get("server") or {}
+        plain_knee, knee = (plain or {}).get("knee_rps"), entry.get("knee_rps")
+        cpu_plain, cpu_tls = _reactor_cpu(plain), _reactor_cpu(entry)
+        ratio = f"{knee / plain_knee:.2f}" if knee and plain_knee else "-"
+        lines.append(_md_row([entry["name"], _fmt(plain_knee), _fmt(knee), ratio, _fmt(handshake.get("p50"), 2),
+                              _fmt(handshake.get("p99"), 2), _fmt(cpu_plain, 3), _fmt(cpu_tls, 3),
+                              _fmt(server.get("accepted_per_s")), _fmt(server.get("done_per_s"))]))
+        if entry.get("error") and knee is None:
+            bullets.append(f"{entry['name']}: failed: {entry['error']}")
+            continue
+        sentence = f"**{entry['dispatch']}** ({entry['work_kind']}) over TLS: " + (
+            f"knee {_fmt(knee)} rps" if knee else "no knee (no step kept up within the p99 limit)")
+        sentence += f" against {_fmt(plain_knee)} rps over plain TCP" if plain_knee else ""
+        if cpu_plain is not None and cpu_tls is not None:
+            sentence += (f"; the reactor thread spent {cpu_tls:.3f} ms of CPU per request against {cpu_plain:.3f} ms"
+                         f" ({cpu_tls - cpu_plain:+.3f} ms: the handshake's share, off the accepting thread's "
+                         "budget)")
+        accepted, done = server.get("accepted_per_s"), server.get("done_per_s")
+        if accepted is not None and done is not None:
+            sentence += (f". At {_fmt(overload.get('offered_rps'))} rps offered it accepted {_fmt(accepted)} "
+                         f"connections/s and completed {_fmt(done)}/s")
+        bullets.append(sentence + ".")
+    bullets.append("`--workers` (several reactors sharing the port) takes `tcp:` endpoints only, so these are one "
+                   "reactor's figures.")
+    return lines + [""] + [f"- {b}" for b in bullets]
 
 
 def _work_sentence(entries: list[dict[str, Any]]) -> str:
@@ -486,6 +555,7 @@ def build_html_report(document: dict[str, Any]) -> str:
     if gil:
         body += ["<h2>Work that holds the GIL</h2>", html_items(gil, markup=True)]
     body += _markdown_html(reactor_model_lines(document))
+    body += _markdown_html(tls_lines(document))
     orig = original_findings(rows, document.get("machine", {}))
     if orig:
         body += ["<h2>Against the original experiment</h2>", html_items(orig, markup=True)]
