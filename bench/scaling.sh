@@ -3,6 +3,9 @@
 # dataserv's reactor on CPU 0, its pool pinned to CPUs 1..P (--reactor-cpus 0 --pool-cpus 1-P), loadgen
 # on CPU 0 too (taskset), one `loadgen compare` (sweep with --refine, loopback only); then the reactor
 # model's predicted knee, min(P / w, 1 / r) (GIL-holding work: one core), beside each measured knee.
+# Last, P = N on every CPU (--pool-cpus 0-(N-1), "N-shared"): one pool thread shares CPU 0 with the
+# reactor and loadgen, and the model charges that core their CPU per request s = r + g (g: loadgen's, from
+# its own CPU clock): min(P / (w + s), 1 / s).  On 2 CPUs that gives pool 1 and pool 2.
 # Runs unchanged on 2 or 16 cores; every run is bounded by `timeout`.  Writes OUT/pool-P/ (compare's
 # files) and OUT/summary.tsv, and prints the summary.
 #
@@ -57,7 +60,7 @@ import sys
 from loadgen.lib.reactor_model import scaling_table
 
 out = pathlib.Path(sys.argv[1])
-runs = {int(p.parent.name.split("-")[1]): json.loads(p.read_text()) for p in out.glob("pool-*/results.json")}
+runs = {p.parent.name.split("-", 1)[1]: json.loads(p.read_text()) for p in out.glob("pool-*/results.json")}
 print("\n".join(scaling_table(runs)))
 EOF
 }
@@ -75,16 +78,17 @@ fi
 [[ "$refine" =~ ^[0-9]+$ ]] || die "--refine must be a whole number, got $refine"
 
 # One pool size's command, into the array cmd: on CPU 0, bounded.  $1: the pool size; $2: the work's
-# iteration count (empty: calibrate).
+# iteration count (empty: calibrate); $3: "shared" for the pool on CPUs 0..P-1 (CPU 0 the reactor's too).
 compare_cmd() {
-    local pool=$1 iterations=${2:-} pool_cpus=1
+    local pool=$1 iterations=${2:-} shared=${3:-} pool_cpus=1 label=$1
     [ "$pool" -gt 1 ] && pool_cpus="1-$pool"
+    if [ "$shared" = shared ]; then pool_cpus="0-$((pool - 1))"; label="$pool-shared"; fi
     cmd=(timeout --kill-after=30 "$run_limit_s" taskset -c 0 "$python" -m loadgen compare
          --dispatch "$dispatch" --work-kind "$work_kind" --connection keep-alive --pool-size "$pool"
          --work-ms "$work_ms" --step-duration "$step_duration" --overload-duration 1s --refine "$refine"
          --server-cpus "0-$((cpus - 1))" --server-arg=--reactor-cpus=0 "--server-arg=--pool-cpus=$pool_cpus")
     [ -n "$iterations" ] && cmd+=("--server-arg=--work-iterations=$iterations")
-    cmd+=(--out-dir "$out/pool-$pool" --quiet)
+    cmd+=(--out-dir "$out/pool-$label" --quiet)
 }
 
 if [ "$dry_run" = 1 ]; then
@@ -95,6 +99,8 @@ if [ "$dry_run" = 1 ]; then
         compare_cmd "$pool" "$iterations"
         echo "${cmd[*]}"
     done
+    compare_cmd "$cpus" K shared
+    echo "${cmd[*]}"
     exit 0
 fi
 
@@ -113,5 +119,9 @@ print(next((e["work_iterations"] for e in d["configurations"] if e.get("work_ite
             "$out/pool-$pool/results.json")
     fi
 done
+echo "scaling.sh: pool $cpus on every CPU (one pool thread beside the reactor and loadgen)" >&2
+compare_cmd "$cpus" "$iterations" shared
+"${cmd[@]}" >"$out/pool-$cpus-shared.log" 2>&1 ||
+    echo "scaling.sh: pool $cpus shared failed (see $out/pool-$cpus-shared.log)" >&2
 
 summarize

@@ -36,6 +36,26 @@ def test_predicted_knee(cores: int, work_ms: float, reactor_ms: float, inline: b
     assert predicted_knee_rps(cores, work_ms, reactor_ms, inline=inline) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize(
+    ("cores", "work_ms", "reactor_ms", "shared_ms", "expected"),
+    [
+        (2, 4.0, 0.2, 0.4, 2000 / 4.4),  # one pool core also runs 0.4 ms of reactor and generator a request
+        (1, 4.0, 0.2, 0.2, 1000 / 4.2),  # the pool's only core is the reactor's: w + r each
+        (16, 1.0, 0.2, 0.5, 2000.0),  # the shared core saturates first: 1 / s
+        (2, 4.0, 0.2, 0.2, 2000 / 4.2),  # s = r: no generator on that core
+    ],
+)
+def test_predicted_knee_with_a_shared_core(cores: int, work_ms: float, reactor_ms: float, shared_ms: float,
+                                           expected: float) -> None:
+    """A pool core that is also the reactor's gives the work what s = r + g leaves: min(P / (w + s), 1 / s)."""
+    assert predicted_knee_rps(cores, work_ms, reactor_ms, shared_ms=shared_ms) == pytest.approx(expected)
+
+
+def test_a_shared_core_includes_the_reactor() -> None:
+    with pytest.raises(ValueError, match="includes the reactor's"):
+        predicted_knee_rps(2, 4.0, 0.2, shared_ms=0.1)
+
+
 @pytest.mark.parametrize(("work_ms", "reactor_ms", "expected"), [(4.0, 0.1, 40.0), (2.0, 0.25, 8.0), (1.0, 2.0, 0.5)])
 def test_saturation_cores(work_ms: float, reactor_ms: float, expected: float) -> None:
     """One reactor is as busy as its pool at w / r pool cores."""
@@ -59,8 +79,10 @@ def test_effective_cores(dispatch: str, kind: str, pool: int, expected: int) -> 
 
 
 def entry(dispatch: str, kind: str, pool: int, knee: float | None, reactor_ms: list[float | None],
-          knee_step: int | None = None) -> dict[str, Any]:
-    steps = [{"server": None if r is None else {"reactor_cpu_ms_per_request": r}} for r in reactor_ms]
+          knee_step: int | None = None, generator_cpu_s: float | None = None) -> dict[str, Any]:
+    """A configuration; each step 1,000 requests, the generator's CPU ``generator_cpu_s`` seconds each."""
+    steps = [{"server": None if r is None else {"reactor_cpu_ms_per_request": r}, "requests": 1000,
+              "generator": {"cpu_s": generator_cpu_s}} for r in reactor_ms]
     return {"name": f"{dispatch}-{kind}-keep-alive", "dispatch": dispatch, "work_kind": kind, "pool_size": pool,
             "work_ms": 4.0, "knee_rps": knee,
             "result": {"steps": steps, "knee": None if knee_step is None else {"step": knee_step}}}
@@ -116,17 +138,28 @@ def test_report_section() -> None:
 
 def test_scaling_table() -> None:
     """bench/scaling.sh's summary: a line per pool size and configuration, and whether it is within 10%."""
-    runs = {2: {"configurations": [entry("threads", "pbkdf2", 2, 560.0, [0.2], 0)]},
-            3: {"configurations": [entry("threads", "pbkdf2", 3, 700.0, [0.2], 0)]},
-            1: {"configurations": [entry("threads", "pbkdf2", 1, 2400.0, [0.2], 0),
-                                   entry("threads", "python", 1, None, [None])]}}
+    runs = {"2": {"configurations": [entry("threads", "pbkdf2", 2, 560.0, [0.2], 0)]},
+            "3": {"configurations": [entry("threads", "pbkdf2", 3, 700.0, [0.2], 0)]},
+            "10": {"configurations": [entry("threads", "pbkdf2", 10, 2500.0, [0.2], 0)]},
+            "4-shared": {"configurations": [entry("threads", "pbkdf2", 4, 860.0, [0.2], 0, generator_cpu_s=0.2)]},
+            "1": {"configurations": [entry("threads", "pbkdf2", 1, 2400.0, [0.2], 0),
+                                     entry("threads", "python", 1, None, [None])]}}
     assert scaling_table(runs) == [
-        "pool\tconfiguration\tw_ms\tr_ms\tpredicted_rps\tsaturates_at_cores\tmeasured_rps\tratio\twithin_10%",
-        "1\tthreads-pbkdf2-keep-alive\t4.00\t0.2000\t250.0\t20.0\t2400.0\t9.60\tno",
-        "1\tthreads-python-keep-alive\t4.00\t-\t-\t-\t-\t-\t-",
-        "2\tthreads-pbkdf2-keep-alive\t4.00\t0.2000\t500.0\t20.0\t560.0\t1.12\tno",
-        "3\tthreads-pbkdf2-keep-alive\t4.00\t0.2000\t750.0\t20.0\t700.0\t0.93\tyes",
+        "pool\tconfiguration\tw_ms\tr_ms\tg_ms\tpredicted_rps\tsaturates_at_cores\tmeasured_rps\tratio\twithin_10%",
+        "1\tthreads-pbkdf2-keep-alive\t4.00\t0.2000\t-\t250.0\t20.0\t2400.0\t9.60\tno",
+        "1\tthreads-python-keep-alive\t4.00\t-\t-\t-\t-\t-\t-\t-",
+        "2\tthreads-pbkdf2-keep-alive\t4.00\t0.2000\t-\t500.0\t20.0\t560.0\t1.12\tno",
+        "3\tthreads-pbkdf2-keep-alive\t4.00\t0.2000\t-\t750.0\t20.0\t700.0\t0.93\tyes",
+        # one of 4 cores also the reactor's (0.2 ms) and the generator's (0.2 s / 1,000 requests): 4 / 4.4 ms
+        "4-shared\tthreads-pbkdf2-keep-alive\t4.00\t0.2000\t0.2000\t909.1\t20.0\t860.0\t0.95\tyes",
+        "10\tthreads-pbkdf2-keep-alive\t4.00\t0.2000\t-\t2500.0\t20.0\t2500.0\t1.00\tyes",
     ]
+
+
+def test_a_shared_run_without_the_generator_cpu_predicts_nothing() -> None:
+    """A "-shared" run needs g; without the generator's CPU its prediction is unknown, not the unshared one."""
+    runs = {"2-shared": {"configurations": [entry("threads", "pbkdf2", 2, 450.0, [0.2], 0)]}}
+    assert scaling_table(runs)[1].split("\t")[5:] == ["-", "-", "450.0", "-", "-"]
 
 
 @pytest.mark.parametrize(("cpus", "prefix"), [(None, []), ("0-15", ["taskset", "-c", "0-15"])])

@@ -35,7 +35,10 @@ def test_plan_for_16_cores_pins_the_pool_to_cpus_1_to_p() -> None:
     result = scaling("--dry-run", "--cpus", "16", "--out", "/tmp/plan")
     assert result.returncode == 0, result.stderr
     commands = [line for line in result.stdout.splitlines() if not line.startswith("#")]
-    assert len(commands) == 15
+    assert len(commands) == 16
+    shared = commands.pop()  # last, the pool on every CPU, one of its threads beside the reactor
+    assert " --pool-size 16 " in shared and " --server-arg=--pool-cpus=0-15 " in shared
+    assert " --out-dir /tmp/plan/pool-16-shared " in shared and "--work-iterations=K" in shared
     for pool, line in enumerate(commands, start=1):
         assert line.startswith("timeout ") and " taskset -c 0 " in line, line
         assert f" --pool-size {pool} " in line
@@ -60,19 +63,20 @@ def test_bad_options_exit_2_with_one_line(args: list[str], message: str) -> None
 
 def test_summary_from_results(tmp_path: Path) -> None:
     """--summarize writes and prints summary.tsv from each pool size's results.json."""
-    for pool, knee in ((1, 240.0), (2, 300.0)):
-        step = {"server": {"reactor_cpu_ms_per_request": 0.2}}
+    for label, pool, knee in (("1", 1, 240.0), ("2", 2, 300.0), ("2-shared", 2, 440.0)):
+        step = {"server": {"reactor_cpu_ms_per_request": 0.2}, "requests": 1000, "generator": {"cpu_s": 0.1}}
         entry = {"name": "threads-pbkdf2-keep-alive", "dispatch": "threads", "work_kind": "pbkdf2",
                  "pool_size": pool, "work_ms": 4.0, "knee_rps": knee, "result": {"steps": [step], "knee": {"step": 0}}}
-        (tmp_path / f"pool-{pool}").mkdir()
-        (tmp_path / f"pool-{pool}" / "results.json").write_text(json.dumps({"configurations": [entry]}))
+        (tmp_path / f"pool-{label}").mkdir()
+        (tmp_path / f"pool-{label}" / "results.json").write_text(json.dumps({"configurations": [entry]}))
     result = scaling("--summarize", str(tmp_path))
     assert result.returncode == 0, result.stderr
     lines = (tmp_path / "summary.tsv").read_text().splitlines()
     assert result.stdout.splitlines() == lines
     assert [line.split("\t")[:2] + line.split("\t")[4:] for line in lines[1:]] == [
-        ["1", "threads-pbkdf2-keep-alive", "250.0", "20.0", "240.0", "0.96", "yes"],
-        ["2", "threads-pbkdf2-keep-alive", "500.0", "20.0", "300.0", "0.60", "no"],
+        ["1", "threads-pbkdf2-keep-alive", "-", "250.0", "20.0", "240.0", "0.96", "yes"],
+        ["2", "threads-pbkdf2-keep-alive", "-", "500.0", "20.0", "300.0", "0.60", "no"],
+        ["2-shared", "threads-pbkdf2-keep-alive", "0.1000", "465.1", "20.0", "440.0", "0.95", "yes"],  # 2 / 4.3 ms
     ]
 
 
@@ -87,5 +91,7 @@ def test_a_short_real_run_on_two_cpus(tmp_path: Path) -> None:
     assert entry["error"] is None, entry["error"]
     assert entry["exit_code"] == 0
     rows = [line.split("\t") for line in (tmp_path / "summary.tsv").read_text().splitlines()]
-    assert [row[:2] for row in rows[1:]] == [["1", "threads-pbkdf2-keep-alive"]]
-    assert float(rows[1][3]) > 0  # r
+    assert [row[:2] for row in rows[1:]] == [["1", "threads-pbkdf2-keep-alive"],
+                                             ["2-shared", "threads-pbkdf2-keep-alive"]]
+    assert float(rows[1][3]) > 0 and rows[1][4] == "-"  # r; no g (the pool has a core of its own)
+    assert float(rows[2][3]) > 0 and float(rows[2][4]) > 0  # r and g: the shared core's load

@@ -7,6 +7,11 @@ Every request costs the reactor thread ``r`` ms of CPU (parse, dispatch, answer;
 most, saturates at ``P = w / r``.  Work that holds the GIL runs on one core whatever the pool
 (``P = 1`` for threads with pure-Python work); inline work runs on the reactor thread, so its ``r``
 includes ``w`` and the knee is ``1 / r``.  Pure arithmetic on results.json, for the compare report and ``bench/scaling.sh``.
+
+When one of the pool's cores is also the reactor's (and the generator's, as in ``bench/scaling.sh``'s
+last pool size, which takes every CPU), that core gives the work only what the reactor and generator
+leave: with ``s`` ms of their CPU per request, ``X w <= P - X s``, so the knee is about
+``min(P / (w + s), 1 / s)`` (``s = r + g``, ``g`` the generator's CPU per request).
 """
 
 from __future__ import annotations
@@ -24,13 +29,21 @@ def effective_cores(dispatch: str, work_kind: str, pool_size: int) -> int:
     return 1 if holds_gil(dispatch, work_kind) else pool_size
 
 
-def predicted_knee_rps(cores: int, work_ms: float, reactor_ms: float, *, inline: bool = False) -> float:
+def predicted_knee_rps(cores: int, work_ms: float, reactor_ms: float, *, inline: bool = False,
+                       shared_ms: float | None = None) -> float:
     """``min(cores / w, 1 / r)`` requests/s, with ``w`` and ``r`` in ms; inline ``1 / r``, the reactor's CPU
-    per request then including the work (``cores`` and ``w`` do not enter)."""
+    per request then including the work (``cores`` and ``w`` do not enter).  ``shared_ms``: one of the
+    pool's cores also runs ``shared_ms`` of other CPU per request (the reactor's ``r`` and the generator's),
+    so the knee is ``min(cores / (w + shared_ms), 1 / shared_ms)``."""
     if work_ms <= 0 or reactor_ms <= 0:
         raise ValueError(f"work and reactor time per request must be positive, got w={work_ms:g} r={reactor_ms:g}")
     if inline:
         return 1000.0 / reactor_ms
+    if shared_ms is not None:
+        if shared_ms < reactor_ms:
+            raise ValueError(f"the shared core's CPU per request includes the reactor's, got {shared_ms:g} < "
+                             f"r={reactor_ms:g}")
+        return min(cores * 1000.0 / (work_ms + shared_ms), 1000.0 / shared_ms)
     return min(cores * 1000.0 / work_ms, 1000.0 / reactor_ms)
 
 
@@ -45,31 +58,50 @@ def _steps(entry: dict[str, Any]) -> list[dict[str, Any]]:
     return ((entry.get("result") or {}).get("steps")) or []
 
 
+def _knee_first(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The steps, the knee step first, then the rest from the busiest down."""
+    steps = _steps(entry)
+    index = ((entry.get("result") or {}).get("knee") or {}).get("step")
+    return ([steps[index]] if isinstance(index, int) and 0 <= index < len(steps) else []) + steps[::-1]
+
+
 def reactor_ms_per_request(entry: dict[str, Any]) -> float | None:
     """The configuration's ``r``: its knee step's ``server.reactor_cpu_ms_per_request``, else the last step's
     that has one (the reactor's cost per request falls a little with load, so the busiest good step)."""
-    steps = _steps(entry)
-    index = ((entry.get("result") or {}).get("knee") or {}).get("step")
-    ordered = ([steps[index]] if isinstance(index, int) and 0 <= index < len(steps) else []) + steps[::-1]
-    for step in ordered:
+    for step in _knee_first(entry):
         value = (step.get("server") or {}).get("reactor_cpu_ms_per_request")
         if value:
             return float(value)
     return None
 
 
-def model_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per configuration: cores, w, r, the predicted knee, w / r and the measured knee (None: unknown)."""
+def generator_ms_per_request(entry: dict[str, Any]) -> float | None:
+    """The generator's CPU per request, ``g``: its knee step's ``generator.cpu_s`` over the step's requests
+    (else the busiest step's that has both)."""
+    for step in _knee_first(entry):
+        cpu_s, requests = (step.get("generator") or {}).get("cpu_s"), step.get("requests")
+        if cpu_s and requests:
+            return 1000.0 * float(cpu_s) / requests
+    return None
+
+
+def model_rows(document: dict[str, Any], *, shared_core: bool = False) -> list[dict[str, Any]]:
+    """One row per configuration: cores, w, r, the predicted knee, w / r and the measured knee (None: unknown).
+    ``shared_core``: one pool core is also the reactor's and the generator's (``g`` from the result's own
+    generator CPU; unknown without it)."""
     rows = []
     for entry in document.get("configurations", []):
         cores = effective_cores(entry["dispatch"], entry["work_kind"], entry.get("pool_size") or 1)
         work_ms, r = entry.get("work_ms"), reactor_ms_per_request(entry)
-        known = bool(work_ms and r)
+        g = generator_ms_per_request(entry) if shared_core else None
+        known = bool(work_ms and r) and (g is not None or not shared_core)
         inline = entry["dispatch"] == "inline"
-        predicted = predicted_knee_rps(cores, work_ms, r, inline=inline) if known else None
+        shared_ms = r + g if known and g is not None else None
+        predicted = predicted_knee_rps(cores, work_ms, r, inline=inline, shared_ms=shared_ms) if known else None
         measured = entry.get("knee_rps")
         rows.append({
             "name": entry["name"], "gil": holds_gil(entry["dispatch"], entry["work_kind"]), "cores": cores, "work_ms": work_ms, "reactor_ms": r,
+            "generator_ms": g,
             "predicted_rps": predicted, "saturation_cores": saturation_cores(work_ms, r) if known and not inline else None,
             "knee_rps": measured,
             "measured_over_predicted": measured / predicted if measured and predicted else None,
@@ -115,16 +147,22 @@ def reactor_model_lines(document: dict[str, Any]) -> list[str]:
 SCALING_TOLERANCE = 0.10  # issue 12: the model must predict pinned knees within 10%
 
 
-def scaling_table(runs: dict[int, dict[str, Any]]) -> list[str]:
+def scaling_table(runs: dict[str, dict[str, Any]]) -> list[str]:
     """``bench/scaling.sh``'s summary: one tab-separated line per pool size and configuration, predicted
-    against measured knee, from each pool size's results.json (pinned: the pool on cores of its own)."""
-    lines = ["pool\tconfiguration\tw_ms\tr_ms\tpredicted_rps\tsaturates_at_cores\tmeasured_rps\tratio\twithin_10%"]
-    for pool in sorted(runs):
-        for row in model_rows(runs[pool]):
+    against measured knee, from each pool size's results.json.  Keys are the pool-size labels: ``"P"``, the
+    pool on cores of its own; ``"P-shared"``, one of its cores also the reactor's and generator's."""
+    lines = ["pool\tconfiguration\tw_ms\tr_ms\tg_ms\tpredicted_rps\tsaturates_at_cores\tmeasured_rps\tratio\twithin_10%"]
+
+    def order(label: str) -> tuple[int, str]:
+        size, _, rest = label.partition("-")
+        return int(size), rest
+
+    for pool in sorted(runs, key=order):
+        for row in model_rows(runs[pool], shared_core=pool.endswith("-shared")):
             ratio = row["measured_over_predicted"]
             within = "-" if ratio is None else ("yes" if abs(ratio - 1.0) <= SCALING_TOLERANCE else "no")
             lines.append("\t".join([
-                str(pool), row["name"], _fmt(row["work_ms"], 2), _fmt(row["reactor_ms"], 4),
+                str(pool), row["name"], _fmt(row["work_ms"], 2), _fmt(row["reactor_ms"], 4), _fmt(row["generator_ms"], 4),
                 _fmt(row["predicted_rps"]), _fmt(row["saturation_cores"]), _fmt(row["knee_rps"]),
                 "-" if ratio is None else f"{ratio:.2f}", within,
             ]).replace(",", ""))
