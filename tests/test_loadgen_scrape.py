@@ -119,3 +119,26 @@ def test_summarize_reactor_cpu_stops_at_the_load_end() -> None:
                ServerSample(t=1.0, reactor_cpu_s=0.1, answered=1000.0),
                ServerSample(t=2.0, reactor_cpu_s=0.5, answered=1001.0)]
     assert summarize(samples, load_end=1)["reactor_cpu_ms_per_request"] == 0.1
+
+
+def test_parse_reads_accepting_and_every_accept_pause() -> None:
+    """``accepting`` from a real dataserv registry; pauses summed over their reasons."""
+    metrics = Metrics(CollectorRegistry(), process_collectors=False)
+    metrics.accepting.set(0)
+    metrics.accept_pauses.labels("queue").inc(3)
+    metrics.accept_pauses.labels("connections").inc(1)
+    sample = parse_exposition(generate_latest(metrics.registry).decode(), t=0)
+    assert (sample.accepting, sample.pauses) == (0.0, 4.0)
+    assert (parse_exposition("", t=0).accepting, parse_exposition("", t=0).pauses) == (None, None)
+
+
+def test_summarize_accepting_pauses_and_reactor_share() -> None:
+    """The lowest ``accepting`` and the pauses over every scrape (the drain too); the reactor's share of a
+    core, like the rates, to the load's end."""
+    samples = [ServerSample(t=0.0, accepting=1.0, pauses=2.0, reactor_cpu_s=1.0),
+               ServerSample(t=2.0, accepting=0.0, pauses=5.0, reactor_cpu_s=2.5),
+               ServerSample(t=3.0, accepting=1.0, pauses=6.0, reactor_cpu_s=3.5)]
+    summary = summarize(samples, load_end=1)
+    assert (summary["accepting_min"], summary["accept_pauses"], summary["reactor_cpu_percent"]) == (0.0, 4, 75.0)
+    bare = summarize([ServerSample(t=0.0), ServerSample(t=1.0)])
+    assert (bare["accepting_min"], bare["accept_pauses"], bare["reactor_cpu_percent"]) == (None, None, None)

@@ -42,6 +42,8 @@ class ServerSample:
     work_count: float | None = None
     reactor_cpu_s: float | None = None  # dataserv_thread_cpu_seconds_total{role="reactor"}
     answered: float | None = None  # dataserv_requests_total, every route and code
+    accepting: float | None = None  # dataserv_accepting: 1 while reading the listening sockets, 0 while paused
+    pauses: float | None = None  # dataserv_accept_pauses_total, every reason
     # cumulative (le, count) of request_duration_seconds for ROUTE, and of reactor_lag_seconds
     duration_buckets: list[tuple[float, float]] = field(default_factory=list)
     lag_buckets: list[tuple[float, float]] = field(default_factory=list)
@@ -53,7 +55,8 @@ _WANTED = frozenset({
     "dataserv_request_duration_seconds_bucket", "dataserv_request_duration_seconds_count",
     "dataserv_reactor_lag_seconds_bucket", "dataserv_work_iterations",
     "dataserv_work_duration_seconds_sum", "dataserv_work_duration_seconds_count",
-    "dataserv_thread_cpu_seconds_total", "dataserv_requests_total",
+    "dataserv_thread_cpu_seconds_total", "dataserv_requests_total", "dataserv_accepting",
+    "dataserv_accept_pauses_total",
 })
 # Single-series names and the ServerSample field each one sets.
 _SCALARS = {
@@ -65,6 +68,7 @@ _SCALARS = {
     "dataserv_work_iterations": "work_iterations",
     "dataserv_work_duration_seconds_sum": "work_seconds_sum",
     "dataserv_work_duration_seconds_count": "work_count",
+    "dataserv_accepting": "accepting",
 }
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
@@ -104,7 +108,7 @@ def _samples(text: str) -> Iterator[tuple[str, dict[str, str], float]]:
 def parse_exposition(text: str, t: float, route: str = ROUTE) -> ServerSample:
     """Read dataserv's metrics from a Prometheus text exposition (absent ones stay None)."""
     sample = ServerSample(t=t)
-    backlog = shed = answered = None
+    backlog = shed = answered = pauses = None
     buckets: dict[float, float] = {}
     lag: dict[float, float] = {}
     for name, labels, value in _samples(text):
@@ -118,13 +122,15 @@ def parse_exposition(text: str, t: float, route: str = ROUTE) -> ServerSample:
             shed = (shed or 0.0) + value
         elif name == "dataserv_requests_total":
             answered = (answered or 0.0) + value
+        elif name == "dataserv_accept_pauses_total":
+            pauses = (pauses or 0.0) + value
         elif name == "dataserv_thread_cpu_seconds_total" and labels.get("role") == "reactor":
             sample.reactor_cpu_s = (sample.reactor_cpu_s or 0.0) + value  # with --workers, every reactor
         elif name == "dataserv_request_duration_seconds_bucket" and labels.get("route") == route:
             buckets[float(labels["le"])] = value
         elif name == "dataserv_reactor_lag_seconds_bucket":
             lag[float(labels["le"])] = value
-    sample.backlog, sample.shed, sample.answered = backlog, shed, answered
+    sample.backlog, sample.shed, sample.answered, sample.pauses = backlog, shed, answered, pauses
     sample.duration_buckets = sorted(buckets.items())
     sample.lag_buckets = sorted(lag.items())
     return sample
@@ -165,13 +171,19 @@ def _max(samples: list[ServerSample], name: str) -> float | None:
     return max(values) if values else None
 
 
+def _min(samples: list[ServerSample], name: str) -> float | None:
+    values = [getattr(s, name) for s in samples if getattr(s, name) is not None]
+    return min(values) if values else None
+
+
 def summarize(samples: list[ServerSample], load_end: int | None = None) -> dict[str, Any] | None:
     """The ``server`` block of a step from its scrapes.
 
     Rates and the server's p99 run from the first scrape to ``samples[load_end]``
     (the scrape taken when the step's schedule ended; the last one if None):
     scrapes taken while in-flight requests drain afterwards would average the
-    drain into the rates.  Maxima and the time series cover every scrape.
+    drain into the rates (and the reactor's CPU).  Maxima, the lowest ``accepting``, the
+    count of accept pauses and the time series cover every scrape.
     """
     if len(samples) < 2:
         return None
@@ -197,6 +209,8 @@ def summarize(samples: list[ServerSample], load_end: int | None = None) -> dict[
     work_ms_mean = round(1000.0 * work_sum / work_count, 3) if work_sum is not None and work_count else None
     reactor_s, answered = _delta(first, last, "reactor_cpu_s"), _delta(first, last, "answered")
     reactor_ms = round(1000.0 * reactor_s / answered, 4) if reactor_s is not None and answered else None
+    reactor_percent = round(100.0 * reactor_s / span, 2) if reactor_s is not None else None
+    pauses = _delta(samples[0], samples[-1], "pauses")
     series = []
     a = samples[0]
     for b in samples[1:]:
@@ -224,6 +238,9 @@ def summarize(samples: list[ServerSample], load_end: int | None = None) -> dict[
         "work_iterations": last.work_iterations,
         "work_ms_mean": work_ms_mean,
         "reactor_cpu_ms_per_request": reactor_ms,
+        "reactor_cpu_percent": reactor_percent,
+        "accepting_min": _min(samples, "accepting"),
+        "accept_pauses": None if pauses is None else int(pauses),
         "timeseries": series,
     }
 
