@@ -136,7 +136,8 @@ CHILDREN: dict[str, dict[str, str]] = {
     "target": {"errors": DATA, "codes": DATA, "latency_ms": "latency"},
     "compare": {"machine": "machine", "settings": "settings", "configurations": "configuration",
                 "peers": "configuration"},
-    "configuration": {"result": "result", "overload": "step"},
+    "configuration": {"result": "result", "overload": "step", "overload_policies": "policy"},
+    "policy": {"open": "step", "retry_storm": "step"},
     "settings": {"extra": DATA},
 }
 # The heading (its start) of the schema's table for each kind of object.
@@ -155,6 +156,7 @@ SECTIONS = {
     "machine": "Machine",
     "settings": "Settings",
     "configuration": "Configuration entry",
+    "policy": "Overload policy run",
 }
 
 

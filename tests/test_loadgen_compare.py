@@ -10,13 +10,16 @@ from pathlib import Path
 
 import pytest
 from loadgen_factories import make_run, step_with
+from test_docs import assert_documented
 
-from loadgen.lib.compare import Configuration, default_configurations
+from loadgen.lib.compare import Configuration, default_configurations, policy_configuration
 from loadgen.lib.compare_report import (
+    POLICY_HEADERS,
     accept_findings,
     build_report,
     gil_findings,
     knee_rows,
+    overload_policy_lines,
     overload_rows,
     plot_latency,
     plot_overload,
@@ -152,9 +155,13 @@ def _compare(out: Path, *extra: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_short_real_compare(tmp_path: Path) -> None:
-    """Two configurations, a tiny sweep: the files exist, the tables carry the measured rows, no server is left."""
+    """Two configurations, a tiny sweep: the files exist, the tables carry the measured rows, no server is left.
+
+    Threads dispatch's overload runs again under each policy, on a server of its own: both steps measured and
+    scraped, in the report's "What overload does", every field of results.json documented.
+    """
     out = tmp_path / "cmp"
-    result = _compare(out)
+    result = _compare(out, "--storm-users", "100")
     assert result.returncode == 0, result.stderr
     for name in ("results.json", "report.md", "latency.png", "overload.png", "report.html"):
         assert (out / name).stat().st_size > 0, name
@@ -177,6 +184,21 @@ def test_short_real_compare(tmp_path: Path) -> None:
         assert knee is not None
         assert f"| {entry['name']} | {entry['dispatch']} | pbkdf2 | keep-alive |" in report
         assert f"{knee:,.1f}" in report
+    assert "overload_policies" not in entries["inline-pbkdf2-keep-alive"]
+    threads = entries["threads-pbkdf2-keep-alive"]
+    assert [run["policy"] for run in threads["overload_policies"]] == ["shed", "pause"]
+    for run in threads["overload_policies"]:
+        assert run["error"] is None and run["exit_code"] == 0, run["error"]
+        assert run["server_args"] == ["--max-queue", "32", "--queue-timeout-ms", "300", "--overload-policy",
+                                      run["policy"]]
+        assert run["open"]["offered_rps"] == pytest.approx(1.5 * threads["overload_base_rps"], rel=1e-3)
+        assert run["retry_storm"]["concurrency"] == 100 and run["retry_storm"]["ok"] > 0
+        for step in (run["open"], run["retry_storm"]):
+            assert step["server"]["accepting_min"] in (0.0, 1.0) and step["server"]["reactor_cpu_percent"] > 0
+        assert (out / "logs" / f"threads-pbkdf2-keep-alive-{run['policy']}.log").exists()
+    assert "## What overload does" in report and "| threads-pbkdf2-keep-alive | pause | retry storm, 100 users |" in report
+    assert "<h2>What overload does</h2>" in (out / "report.html").read_text()
+    assert_documented(document, "compare")
     assert not _processes_mentioning(str(out))
 
 
@@ -193,3 +215,122 @@ def test_compare_reports_a_server_that_fails_to_start(tmp_path: Path) -> None:
     assert "Problems:" in report and "--max-queue must be an integer >= 0" in report
     assert "FAILED" in result.stdout
     assert not _processes_mentioning(str(out))
+
+
+def _policy_step(offered: float | None, achieved: float, p99: float, codes: dict, errors: dict, server: dict,
+                 users: int | None = None) -> dict:
+    requests = sum(codes.values()) + sum(v for k, v in errors.items() if k != "http_5xx")
+    step = step_with(offered, achieved, p99 / 3, p99, concurrency=users, duration_s=3.0, requests=requests,
+                     ok=codes.get("200", 0), errors=errors, codes=codes, server=server)
+    return step.to_dict()
+
+
+def _policy_runs() -> list[dict]:
+    server = {"reactor_cpu_ms_per_request": 0.104, "reactor_cpu_percent": 20.6, "accepting_min": 1.0,
+              "accept_pauses": 0}
+    shed = {"policy": "shed", "server_args": ["--max-queue", "32", "--overload-policy", "shed"], "error": None,
+            "exit_code": 0, "seconds": 9.0,
+            "open": _policy_step(660.0, 300.0, 250.0, {"200": 900, "503": 1080}, {"http_5xx": 1080}, server),
+            "retry_storm": _policy_step(None, 220.0, 480.0, {"200": 660, "503": 20000}, {"http_5xx": 20000},
+                                        {**server, "reactor_cpu_ms_per_request": 0.124, "reactor_cpu_percent": 85.0},
+                                        users=400)}
+    paused = {"reactor_cpu_ms_per_request": 0.09, "reactor_cpu_percent": 12.0, "accepting_min": 0.0,
+              "accept_pauses": 7}
+    pause = {"policy": "pause", "server_args": ["--max-queue", "32", "--overload-policy", "pause"], "error": None,
+             "exit_code": 0, "seconds": 9.5,
+             "open": _policy_step(660.0, 420.0, 1900.0, {"200": 1260, "503": 600},
+                                  {"http_5xx": 600, "timeout": 100, "connect_timeout": 20, "reset": 3}, paused),
+             "retry_storm": _policy_step(None, 430.0, 950.0, {"200": 1290}, {"connect_refused": 2},
+                                         {**paused, "reactor_cpu_percent": 11.5, "accept_pauses": 3}, users=400)}
+    return [shed, pause]
+
+
+def test_what_overload_does_section(document: dict) -> None:
+    """Each policy's overload step and retry storm side by side: goodput against the configuration's knee, the
+    client's outcome mix, the reactor's CPU, accept pauses; a comparison per load; a failed policy named."""
+    document["settings"].update(policy_server_args=["--max-queue", "32", "--queue-timeout-ms", "300"],
+                                storm_users=400)
+    by_name = {e["name"]: e for e in document["configurations"]}
+    by_name["threads-pbkdf2-close"]["overload_policies"] = _policy_runs()
+    by_name["threads-python-keep-alive"]["overload_policies"] = [
+        {"policy": "pause", "server_args": [], "open": None, "retry_storm": None, "exit_code": 2, "seconds": 1.0,
+         "error": "threads-python-keep-alive-pause: exited 2 at start: bad option"}]
+    lines = overload_policy_lines(document)
+    start = lines.index("## What overload does")
+    table = lines[lines.index("| " + " | ".join(POLICY_HEADERS) + " |"):]
+    assert table[1:7] == [
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| threads-pbkdf2-close | shed | overload, 660 rps | 300.0 | 0.68 | 250.0 | 900 | 1,080 | 0 | 0 | 0 | 0 | 0 "
+        "| 0.104 | 21 | 1 | 0 |",
+        "| threads-pbkdf2-close | shed | retry storm, 400 users | 220.0 | 0.50 | 480.0 | 660 | 20,000 | 0 | 0 | 0 | 0 "
+        "| 0 | 0.124 | 85 | 1 | 0 |",
+        "| threads-pbkdf2-close | pause | overload, 660 rps | 420.0 | 0.95 | 1,900.0 | 1,260 | 600 | 0 | 20 | 100 "
+        "| 3 | 0 | 0.090 | 12 | 0 | 7 |",
+        "| threads-pbkdf2-close | pause | retry storm, 400 users | 430.0 | 0.98 | 950.0 | 1,290 | 0 | 2 | 0 | 0 | 0 "
+        "| 0 | 0.090 | 12 | 0 | 3 |",
+        "| threads-python-keep-alive | pause | failed: threads-python-keep-alive-pause: exited 2 at start: bad option |"
+        + " |" * 14,
+    ]
+    assert "`--max-queue 32 --queue-timeout-ms 300`" in lines[start + 2]
+    assert "400 closed-loop users" in lines[start + 2]
+    assert table[7:] == [
+        "",
+        "- **threads-pbkdf2-close**, overload: shed kept 0.68 of the knee's goodput (1,080 503s, reactor at 21% of "
+        "a core); pause kept 0.95 of the knee's goodput (600 503s, reactor at 12% of a core). Most goodput: pause.",
+        "- **threads-pbkdf2-close**, retry storm: shed kept 0.50 of the knee's goodput (20,000 503s, reactor at 85% "
+        "of a core); pause kept 0.98 of the knee's goodput (0 503s, reactor at 12% of a core). Most goodput: pause.",
+        "- threads-python-keep-alive with pause: failed: threads-python-keep-alive-pause: exited 2 at start: "
+        "bad option",
+    ]
+    report = build_report(document)
+    assert "\n".join(lines[start:]) in report
+    assert overload_policy_lines({"configurations": document["configurations"][:1]}) == []
+
+
+@pytest.mark.parametrize(("names", "chosen"), [
+    (["threads-pbkdf2-keep-alive", "threads-pbkdf2-close", "threads-python-keep-alive"], "threads-pbkdf2-close"),
+    (["threads-python-keep-alive", "threads-pbkdf2-keep-alive"], "threads-pbkdf2-keep-alive"),
+    (["threads-python-keep-alive", "threads-python-close"], "threads-python-close"),
+    (["inline-pbkdf2-close", "processes-pbkdf2-keep-alive"], None),  # threads dispatch only
+    (["threads-pbkdf2-close-tls", "threads-pbkdf2-keep-alive"], "threads-pbkdf2-keep-alive"),  # never TLS
+    (["threads-pbkdf2-close!", "threads-python-keep-alive"], "threads-python-keep-alive"),  # ! : its sweep failed
+])
+def test_policy_configuration(names: list[str], chosen: str | None) -> None:
+    """One configuration repeats its overload under each policy: threads, not TLS, with a sweep; pbkdf2 and
+    close first."""
+    configs, entries = [], []
+    for name in names:
+        dispatch, kind, connection = name.rstrip("!").removesuffix("-tls").split("-", 2)
+        config = Configuration(dispatch, kind, connection, 2, 4.0, tls=name.endswith("-tls"))
+        configs.append(config)
+        entries.append({"name": config.name, "overload_base_rps": None if name.endswith("!") else 400.0})
+    picked = policy_configuration(entries, configs)
+    assert (picked.name if picked else None) == chosen
+
+
+@pytest.mark.parametrize(("argv", "policies", "args", "users"), [
+    ([], ("shed", "pause"), ("--max-queue", "32", "--queue-timeout-ms", "300"), 400),
+    (["--overload-policies", "pause", "--storm-users", "0"], ("pause",), ("--max-queue", "32", "--queue-timeout-ms",
+                                                                          "300"), 0),
+    (["--overload-policies", "none", "--policy-server-arg=--max-queue=8"], (), ("--max-queue=8",), 400),
+])
+def test_compare_policy_options(argv: list[str], policies: tuple, args: tuple, users: int) -> None:
+    """--overload-policies (none: no policy runs), --policy-server-arg (replaces the default), --storm-users."""
+    from loadgen.cli import build_parser
+    from loadgen.commands.compare import settings
+
+    chosen = settings(build_parser().parse_args(["compare", "--out-dir", "x", *argv]))
+    assert (chosen.overload_policies, chosen.policy_server_args, chosen.storm_users) == (policies, args, users)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--overload-policies", "shed,drop"], "loadgen: --overload-policies takes a comma list of shed, pause; "
+                                           "got 'shed,drop'\n"),
+    (["--storm-users", "-1"], "loadgen: --storm-users must be 0 or more, got -1\n"),
+])
+def test_compare_policy_options_bad(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    """A bad policy or storm size is one line naming the option, exit 2, before anything starts."""
+    from loadgen import cli
+
+    assert cli.main(["compare", "--out-dir", "x", *argv]) == 2
+    assert capsys.readouterr().err == message

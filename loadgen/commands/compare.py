@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dataserv.overload import POLICIES
 from loadgen.commands import _common
 from loadgen.commands._common import EXIT_ERROR, UsageError
 from loadgen.lib.analysis import parse_stop_when
@@ -40,6 +41,16 @@ def configure(compare: argparse.ArgumentParser) -> None:
     compare.add_argument("--step-duration", default="2s", help="time at each step (default 2s)")
     compare.add_argument("--overload", type=float, default=1.5, help="overload step at this x the knee (1.5)")
     compare.add_argument("--overload-duration", default="3s", help="time at the overload step (default 3s)")
+    compare.add_argument("--overload-policies", default=",".join(Settings.overload_policies), metavar="LIST",
+                         help="for threads dispatch, a server per --overload-policy in LIST (or none) takes the "
+                              "overload step and a retry storm, side by side in the report (default "
+                              f"{','.join(Settings.overload_policies)})")
+    compare.add_argument("--policy-server-arg", action="append", metavar="ARG",
+                         help="options of those servers (repeatable; default "
+                              f"{' '.join(Settings.policy_server_args)}: a queue short enough to fill)")
+    compare.add_argument("--storm-users", type=int, default=Settings.storm_users, metavar="N",
+                         help="closed-loop users of the retry storm, each retrying at once on a new connection "
+                              f"(default {Settings.storm_users}; 0: no storm)")
     compare.add_argument("--stop-when", default="p99>1s", help="end a sweep early (default 'p99>1s')")
     compare.add_argument("--refine", type=int, default=Settings.refine, metavar="N",
                          help="steps bisecting between each sweep's knee and its first failing step "
@@ -76,11 +87,17 @@ def settings(args: argparse.Namespace) -> Settings:
         raise UsageError(f"--refine must be 0 or more, got {args.refine}")
     if not args.overload > 0:
         raise UsageError(f"--overload must be positive, got {args.overload:g}")
+    if args.storm_users < 0:
+        raise UsageError(f"--storm-users must be 0 or more, got {args.storm_users}")
+    policies = () if args.overload_policies.strip() == "none" else tuple(
+        _csv(args.overload_policies, "--overload-policies", POLICIES))
     _common.conditions([args.stop_when], "--stop-when", parse_stop_when)
     return Settings(fractions=fractions, step_duration=_common.duration_option(args.step_duration, "--step-duration"),
                     overload=args.overload,
                     overload_duration=_common.duration_option(args.overload_duration, "--overload-duration"),
-                    stop_when=args.stop_when, refine=args.refine, server_cpus=args.server_cpus)
+                    stop_when=args.stop_when, refine=args.refine, server_cpus=args.server_cpus,
+                    overload_policies=policies, storm_users=args.storm_users,
+                    policy_server_args=tuple(args.policy_server_arg or Settings.policy_server_args))
 
 
 def main(args: argparse.Namespace) -> int:

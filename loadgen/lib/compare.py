@@ -8,7 +8,11 @@ accepted connection, as in the original experiment), stops the server with
 SIGTERM and checks that it and its helpers are gone.  A TLS configuration
 (``--tls``) sweeps ``Connection: close`` over HTTPS (dataserv's ``ssl:``
 endpoint, a certificate made for the run, verified by loadgen), so every
-request pays a handshake on the accepting thread.  With peers, each
+request pays a handshake on the accepting thread.  Then, for threads
+dispatch (one configuration: :func:`policy_configuration`), each
+``--overload-policy`` of ``overload_policies`` gets a server of its own with
+a short queue (``policy_server_args``), which takes the same overload step
+and a retry storm (:func:`run_overload_policy`).  With peers, each
 peer server (:mod:`loadgen.lib.peers`) is then swept like dataserv's
 threads / pbkdf2 / keep-alive configuration.  The report is built from the
 measured numbers only (:mod:`loadgen.lib.compare_report`).
@@ -101,7 +105,7 @@ def default_configurations(dispatches: list[str], kinds: list[str], connections:
 
 @dataclass
 class Settings:
-    """How long and how hard: the defaults finish the default comparison in under 3 minutes on 2 cores."""
+    """How long and how hard: the defaults finish the default comparison in about 3.5 minutes on 2 cores."""
 
     fractions: tuple[float, ...] = DEFAULT_FRACTIONS
     step_duration: float = 2.0
@@ -114,6 +118,11 @@ class Settings:
     max_in_flight: int = 2000
     refine: int = 1  # bisection steps after each sweep (sweep --refine); 1 keeps the default run near 3 minutes
     server_cpus: str | None = None  # run each dataserv under `taskset -c` this list (None: loadgen's own CPUs)
+    # What overload does under each policy (threads dispatch): a server per policy, with these options, takes
+    # the overload step and a retry storm of storm_users (0: none): about 12 s a policy.
+    overload_policies: tuple[str, ...] = ("shed", "pause")
+    policy_server_args: tuple[str, ...] = ("--max-queue", "32", "--queue-timeout-ms", "300")
+    storm_users: int = 400
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -161,7 +170,7 @@ def _strports_path(path: Path) -> str:
 
 
 def dataserv_child(config: Configuration, log_dir: Path, cpus: str | None = None,
-                   certs: CertificateFiles | None = None) -> ChildServer:
+                   certs: CertificateFiles | None = None, name: str | None = None) -> ChildServer:
     """``twistd -n dataserv`` on two free loopback ports: one for load, one for scrapes.
 
     The second endpoint has its own accept queue, so a scrape is not stuck
@@ -171,9 +180,11 @@ def dataserv_child(config: Configuration, log_dir: Path, cpus: str | None = None
     its own (``taskset -c 0 loadgen compare`` would leave it CPU 0 alone).
     A TLS configuration's load port is an ``ssl:`` endpoint with ``certs``,
     listed second: the first port, plain HTTP, is the one readiness and
-    scrapes use (:func:`load_and_scrape_ports`).
+    scrapes use (:func:`load_and_scrape_ports`).  ``name`` names its log
+    files (default: the configuration's).
     """
-    log = log_dir / f"{config.name}.log"
+    name = name or config.name
+    log = log_dir / f"{name}.log"
     listen = ["tcp:0:interface=127.0.0.1:backlog=1024", "tcp:0:interface=127.0.0.1"]
     if config.tls:
         if certs is None:
@@ -184,7 +195,7 @@ def dataserv_child(config: Configuration, log_dir: Path, cpus: str | None = None
     if cpus is not None:
         argv = ["taskset", "-c", cpus, *argv]
     return ChildServer(argv, log=log, listening=DATASERV_LISTENING, ports_needed=2,
-                       output=log_dir / f"{config.name}.out", ready_path="/readyz")
+                       output=log_dir / f"{name}.out", ready_path="/readyz")
 
 
 def load_and_scrape_ports(config: Configuration, ports: list[int]) -> tuple[int, int]:
@@ -252,6 +263,67 @@ async def run_configuration(reactor: Any, config: Configuration, settings: Setti
     return entry
 
 
+def overload_plans(settings: Settings, base_rps: float) -> dict[str, Plan]:
+    """The overload step (``Connection: close`` at ``overload`` x ``base_rps``) and, unless ``storm_users`` is 0,
+    a retry storm: that many closed-model users, each opening a new connection with ``Connection: close`` the
+    moment its last request ended (a 503 retried at once)."""
+    plans = {"open": Plan(model="open", rate=round(settings.overload * base_rps, 3),
+                          duration=settings.overload_duration, connection="close", timeout=settings.timeout,
+                          max_in_flight=settings.max_in_flight)}
+    if settings.storm_users:
+        plans["retry_storm"] = Plan(model="closed", concurrency=settings.storm_users,
+                                    duration=settings.overload_duration, connection="close",
+                                    timeout=settings.timeout)
+    return plans
+
+
+def policy_configuration(entries: list[dict[str, Any]], configs: list[Configuration]) -> Configuration | None:
+    """The configuration whose overload each policy repeats: threads dispatch (never TLS) whose sweep gave a
+    base rate, pbkdf2 and ``close`` preferred (the overload step is ``close``); one only, which keeps the
+    policies' share of compare's time near 25 s."""
+    candidates = [c for c, e in zip(configs, entries, strict=True)
+                  if c.dispatch == "threads" and not c.tls and e.get("overload_base_rps")]
+    return min(candidates, key=lambda c: (c.work_kind != "pbkdf2", c.connection != "close"), default=None)
+
+
+async def run_overload_policy(reactor: Any, config: Configuration, entry: dict[str, Any], policy: str,
+                              settings: Settings, out_dir: Path, client: Any,
+                              progress: Any = None) -> dict[str, Any]:
+    """Start ``config``'s dataserv with ``--overload-policy policy`` and ``settings.policy_server_args``, run
+    :func:`overload_plans` on it from the entry's ``overload_base_rps``, stop it; answer the policy's entry."""
+    args = [*settings.policy_server_args, "--overload-policy", policy]
+    result: dict[str, Any] = {"policy": policy, "server_args": args, "open": None, "retry_storm": None,
+                              "error": None, "exit_code": None}
+    extra = list(config.extra_args)
+    if entry.get("work_iterations") and not any(a.startswith("--work-iterations") for a in extra):
+        extra += ["--work-iterations", str(entry["work_iterations"])]
+    name = f"{config.name}-{policy}"
+    server = dataserv_child(replace(config, extra_args=[*extra, *args]), out_dir / "logs", settings.server_cpus,
+                            name=name)
+    started = time.monotonic()
+    try:
+        await server.start(reactor, client)
+        load_port, scrape_port = load_and_scrape_ports(config, server.ports)
+        plans = overload_plans(settings, entry["overload_base_rps"])
+        steps = await run_steps(reactor, _loopback(load_port), list(plans.values()),
+                                server.url("/metrics", port=scrape_port), progress=progress, scrape_interval=0.5)
+        for key, step in zip(plans, steps, strict=True):
+            result[key] = step.to_dict()
+    except ServerFailed as e:
+        result["error"] = f"{name}: {e}"
+    finally:
+        try:
+            result["exit_code"] = await server.stop(reactor)
+            if result["exit_code"] not in CLEAN_EXITS and result["error"] is None:
+                result["error"] = f"{name}: exited {result['exit_code']} after SIGTERM: {server.last_line()}"
+        except ServerFailed as e:
+            result["error"] = result["error"] or f"{name}: {e}"
+        finally:
+            server.kill()
+    result["seconds"] = round(time.monotonic() - started, 1)
+    return result
+
+
 async def run_peer(reactor: Any, peer: Peer, reference: dict[str, Any] | None, settings: Settings, out_dir: Path,
                    client: Any, progress: Any = None) -> dict[str, Any]:
     """Sweep one peer like dataserv's ``reference`` entry (its pool, work and iterations); answer its entry."""
@@ -306,6 +378,12 @@ async def run_compare(reactor: Any, configs: list[Configuration], settings: Sett
         if entry.get("work_iterations"):
             iterations.setdefault(config.work_kind, entry["work_iterations"])
         entries.append(entry)
+    chosen = policy_configuration(entries, configs) if settings.overload_policies else None
+    if chosen is not None:
+        entry = next(e for e in entries if e["name"] == chosen.name)
+        entry["overload_policies"] = [
+            await run_overload_policy(reactor, chosen, entry, policy, settings, out_dir, client, progress)
+            for policy in settings.overload_policies]
     document = {"machine": machine_info(), "settings": asdict(settings), "configurations": entries}
     if peers:
         reference = reference_entry(entries)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from loadgen.lib.analysis import DEFAULT_KNEE_LIMIT
+from loadgen.lib.outcomes import outcome_mix
 from loadgen.lib.reactor_model import reactor_model_lines
 from loadgen.lib.report import (
     html_escape,
@@ -284,6 +285,7 @@ def build_report(document: dict[str, Any], plots: list[str] | None = None) -> st
         lines += ["", "## Work that holds the GIL", ""] + [f"- {s}" for s in gil]
     lines += reactor_model_lines(document)
     lines += tls_lines(document)
+    lines += overload_policy_lines(document)
     orig = original_findings(rows, m)
     if orig:
         lines += ["", "## Against the original experiment", ""] + [f"- {s}" for s in orig]
@@ -447,6 +449,97 @@ def tls_lines(document: dict[str, Any]) -> list[str]:
     return lines + [""] + [f"- {b}" for b in bullets]
 
 
+POLICY_HEADERS = ("configuration", "policy", "load", "goodput rps", "goodput / knee", "admitted p99 ms", "200",
+                  "503", "refused", "connect timeouts", "timeouts", "resets", "other", "reactor CPU ms/req",
+                  "reactor CPU % of a core", "accepting min", "accept pauses")
+POLICY_LOADS = (("open", "overload"), ("retry_storm", "retry storm"))
+
+
+def _policy_load_label(key: str, step: dict[str, Any]) -> str:
+    if step.get("concurrency"):
+        return f"retry storm, {step['concurrency']:,} users"
+    return f"{dict(POLICY_LOADS)[key]}, {_fmt(step.get('offered_rps'), 0)} rps"
+
+
+def overload_policy_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per configuration x policy x load of ``overload_policies``: goodput against the knee, admitted
+    p99, the client's outcome mix, the reactor's CPU and whether the server stopped accepting."""
+    rows = []
+    for entry in document.get("configurations", []):
+        knee = entry.get("knee_rps") or entry.get("overload_base_rps")
+        for run in entry.get("overload_policies") or []:
+            base = {"name": entry["name"], "policy": run["policy"], "error": run.get("error")}
+            loads = [(key, run[key]) for key, _ in POLICY_LOADS if run.get(key)]
+            if not loads:
+                rows.append({**base, "load": None})
+                continue
+            for key, step in loads:
+                server = step.get("server") or {}
+                goodput = step["achieved_rps"]
+                rows.append({
+                    **base, "load": key, "label": _policy_load_label(key, step), "goodput_rps": goodput,
+                    "goodput_over_knee": goodput / knee if knee else None,
+                    "admitted_p99_ms": step["latency_ms"]["p99"] if step.get("ok") else None,
+                    "outcomes": outcome_mix(step),
+                    "reactor_cpu_ms_per_request": server.get("reactor_cpu_ms_per_request"),
+                    "reactor_cpu_percent": server.get("reactor_cpu_percent"),
+                    "accepting_min": server.get("accepting_min"), "accept_pauses": server.get("accept_pauses"),
+                })
+    return rows
+
+
+def _policy_cells(r: dict[str, Any]) -> list[str]:
+    """A row's cells under POLICY_HEADERS (a policy whose server failed says so)."""
+    if r["load"] is None:
+        return [r["name"], r["policy"], f"failed: {r['error'] or 'not run'}", *[""] * (len(POLICY_HEADERS) - 3)]
+    mix = r["outcomes"]
+    ratio = f"{r['goodput_over_knee']:.2f}" if r["goodput_over_knee"] is not None else "-"
+    return [r["name"], r["policy"], r["label"], _fmt(r["goodput_rps"]), ratio, _fmt(r["admitted_p99_ms"]),
+            f"{mix['200']:,}", f"{mix['503']:,}", f"{mix['refused']:,}", f"{mix['connect_timeout']:,}",
+            f"{mix['timeout']:,}", f"{mix['reset']:,}", f"{mix['other_status'] + mix['other']:,}",
+            _fmt(r["reactor_cpu_ms_per_request"], 3), _fmt(r["reactor_cpu_percent"], 0),
+            _fmt(r["accepting_min"], 0), _fmt(r["accept_pauses"])]
+
+
+def _policy_intro(document: dict[str, Any]) -> str:
+    settings = document.get("settings", {})
+    args = " ".join(settings.get("policy_server_args") or [])
+    storm = (f" and a retry storm ({settings['storm_users']:,} closed-loop users, each opening a new connection "
+             "with `Connection: close` the moment its last request ended: a 503 is retried at once)"
+             if settings.get("storm_users") else "")
+    return (
+        "For threads dispatch, a server of its own per `--overload-policy`, each with "
+        f"`{args or 'the default queue'}` and the same work, took the overload step (`Connection: close` at "
+        f"{settings.get('overload')} x the configuration's knee or best rate)"
+        f"{storm}, each for {settings.get('overload_duration')} s. Goodput is 200s per second, against the "
+        "configuration's knee (its best achieved rate where its sweep found no knee); admitted p99 is the latency of the 200s from their intended start; the outcomes "
+        "are what the client saw; the reactor's CPU is per answered request (503s included) and as a share of "
+        "one core; `accepting min` 0 means the server stopped reading its listening sockets during the load.")
+
+
+def overload_policy_lines(document: dict[str, Any]) -> list[str]:
+    """The report's section "What overload does" (Markdown); empty when no policy ran."""
+    rows = overload_policy_rows(document)
+    if not rows:
+        return []
+    lines = ["", "## What overload does", "", _policy_intro(document), "",
+             "| " + " | ".join(POLICY_HEADERS) + " |", "|---|---|---|" + "---:|" * (len(POLICY_HEADERS) - 3)]
+    lines += [_md_row(_policy_cells(r)) for r in rows]
+    bullets = []
+    for name in dict.fromkeys(r["name"] for r in rows):
+        for key, title in POLICY_LOADS:
+            same = [r for r in rows if r["name"] == name and r["load"] == key and r["goodput_over_knee"] is not None]
+            if len(same) < 2:
+                continue
+            parts = [f"{r['policy']} kept {r['goodput_over_knee']:.2f} of the knee's goodput "
+                     f"({r['outcomes']['503']:,} 503s, reactor at {_fmt(r['reactor_cpu_percent'], 0)}% of a core)"
+                     for r in same]
+            best = max(same, key=lambda r: r["goodput_over_knee"])
+            bullets.append(f"**{name}**, {title}: " + "; ".join(parts) + f". Most goodput: {best['policy']}.")
+    bullets += [f"{r['name']} with {r['policy']}: failed: {r['error']}" for r in rows if r["error"]]
+    return lines + ([""] + [f"- {b}" for b in bullets] if bullets else [])
+
+
 def _work_sentence(entries: list[dict[str, Any]]) -> str:
     """Which iteration count each work kind ran: the first configuration calibrated it, the others reused it."""
     counts: dict[str, set[int]] = {}
@@ -556,6 +649,7 @@ def build_html_report(document: dict[str, Any]) -> str:
         body += ["<h2>Work that holds the GIL</h2>", html_items(gil, markup=True)]
     body += _markdown_html(reactor_model_lines(document))
     body += _markdown_html(tls_lines(document))
+    body += _markdown_html(overload_policy_lines(document))
     orig = original_findings(rows, document.get("machine", {}))
     if orig:
         body += ["<h2>Against the original experiment</h2>", html_items(orig, markup=True)]
