@@ -36,8 +36,8 @@ done = open, and ``/data`` responses by code on both sides.  Figures are
 medians over ``--runs`` of ratios taken within a run.  The issue's goals
 are checked at the end.
 
-Defaults take about 13 minutes on 2 cores (3 runs x 2 layouts x 2 policies,
-about 65 s each); ``--smoke`` runs one run of 1 s loads (about 1.5 minutes).
+Defaults take 10 to 13 minutes on 2 cores (3 runs x 2 layouts x 2 policies,
+50 to 65 s each); ``--smoke`` runs one run of 1 s loads (about 1.5 minutes).
 """
 
 from __future__ import annotations
