@@ -23,7 +23,20 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 # a pool, a Deferred chain and a header copy per request.  No public name.
 from twisted.web._newclient import HTTP11ClientProtocol  # noqa: F401  (re-exported)
 from twisted.web._newclient import Request as ClientRequest  # noqa: F401  (re-exported)
+from twisted.web.client import _RetryingHTTP11ClientProtocol
 from twisted.web.http import HTTPChannel, Request
+
+
+def pool_would_resend(exception: BaseException) -> bool:
+    """Whether Twisted's own connection pool resends a request that failed with ``exception`` on a reused
+    connection: ``RequestNotSent``, ``RequestTransmissionFailed`` or ``ResponseNeverReceived`` (closed before
+    any response byte), unless cancelled.
+
+    ``_RetryingHTTP11ClientProtocol._shouldRetry``, the rule of ``HTTPConnectionPool`` (no public name); it is
+    asked about a bodiless GET, since loadgen decides which methods to resend itself (RFC 9110's idempotent
+    methods include PUT, which Twisted's list leaves out).
+    """
+    return bool(_RetryingHTTP11ClientProtocol._shouldRetry(None, b"GET", exception, None))
 
 
 def handling_request(channel: HTTPChannel) -> bool:
@@ -136,4 +149,6 @@ PRIVATE_NAMES: list[tuple[str, str, Any]] = [
     ("hdrh.histogram.HdrHistogram", "_hdr_median_equiv_value", _hdr),
     ("twisted.web._newclient", "HTTP11ClientProtocol", lambda: import_module("twisted.web._newclient")),
     ("twisted.web._newclient", "Request", lambda: import_module("twisted.web._newclient")),
+    ("twisted.web.client", "_RetryingHTTP11ClientProtocol", lambda: import_module("twisted.web.client")),
+    ("twisted.web.client._RetryingHTTP11ClientProtocol", "_shouldRetry", lambda: _RetryingHTTP11ClientProtocol),
 ]

@@ -83,6 +83,9 @@ def add_load_options(p: argparse.ArgumentParser) -> None:
                         "(default: 4xx and 5xx are errors)")
     p.add_argument("--connection", choices=("keep-alive", "close"), default="keep-alive",
                    help="keep-alive (connections reused, capped) or close (one connection per request)")
+    p.add_argument("--retry-stale-all", action="store_true",
+                   help="keep-alive: resend any method, not only idempotent ones (GET, HEAD, OPTIONS, TRACE, PUT, "
+                        "DELETE), once on a new connection when a reused connection closes before any response byte")
     p.add_argument("--timeout", default="10s", help="per-request timeout (default 10s)")
     tls = p.add_argument_group("https")
     tls.add_argument("--cacert", metavar="PEM",
@@ -152,7 +155,7 @@ def plan(args: argparse.Namespace, *, rate: float | None, concurrency: int | Non
         return Plan(model="open" if rate is not None else "closed", duration=duration, rate=rate,
                     concurrency=concurrency, warmup=warmup, connection=args.connection,
                     timeout=duration_option(args.timeout, "--timeout"), max_in_flight=args.max_in_flight,
-                    shard=shard)
+                    shard=shard, retry_stale_all=args.retry_stale_all)
     except InputError as e:
         raise named(e) from None
 

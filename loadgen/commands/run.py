@@ -102,6 +102,8 @@ def _run_procs(args: argparse.Namespace, shard: tuple[int, int], start_at: float
                     "--warmup", args.warmup, "--connection", args.connection, "--timeout", args.timeout,
                     "--quiet", "--out", os.path.join(tmp, f"{i}.json"), "--start-at", repr(start_at),
                     "--max-in-flight", str(max(1, args.max_in_flight // n))]
+            if args.retry_stale_all:
+                argv.append("--retry-stale-all")
             if args.rate is not None:
                 index, count = shard  # child i: every (count * n)-th request of the whole, from index + i * count
                 argv += ["--rate", repr(args.rate), "--shard", f"{index + i * count}/{count * n}"]

@@ -97,6 +97,8 @@ class Connection(HTTP11ClientProtocol):
         self.timed_out = False  # the owner aborted it past its deadline
         self.tls = False  # over TLS: ready for requests once the handshake is done, not when TCP is up
         self.tcp_up = 0.0  # TLS: when the TCP connection came up (the owner's clock), the handshake's start
+        self.sent = 0  # requests sent on it so far: a request failing on a reused one (sent > 1) may be a stale close
+        self.resending = False  # keep-alive: opened to resend ``attempt`` after its kept-alive connection went stale
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -112,6 +114,7 @@ class Connection(HTTP11ClientProtocol):
 
     def get(self, request: PreparedRequest, done: Callable[[int, int, Failure | None], None]) -> None:
         """Send ``request``; ``done(status, body_length, failure)`` once the response has ended."""
+        self.sent += 1
         d = self.request(request)
 
         def got_response(response: Any) -> None:

@@ -18,6 +18,15 @@ beside the connect, and a handshake that fails (or outlasts ``timeout``)
 fails its request, of kind ``tls`` (``timeout``).  When requests start is the pacer's answer
 (:mod:`loadgen.lib.pacer`); what their outcomes add up to is the recorder's
 (:mod:`loadgen.lib.recorder`).
+
+A server closes idle keep-alive connections (its idle timeout), and a request
+sent as that close crosses it on the wire fails before any response byte: a
+failure of the connection, not of the service.  As browsers and Twisted's own
+``HTTPConnectionPool`` do, such a request on a reused connection is resent
+once, on a new connection, when its method is idempotent (or the plan says
+``retry_stale_all``), and counted apart (``retried_stale``); it keeps its
+intended start, so the wasted attempt counts in its latency.  Its resend is
+on a fresh connection, which is never resent from, so nothing is resent twice.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
+from dataserv._compat import pool_would_resend
 from loadgen.lib._client import Connection, ConnectionOwner, PreparedRequest, connect
 from loadgen.lib.pacer import ConstantPacer
 from loadgen.lib.plan import Plan, Target
@@ -50,6 +60,8 @@ from loadgen.lib.tls import TLS_ERRORS, TlsClient
 TIMER_RESOLUTION_S = 0.001
 # How often in-flight requests are checked against their deadline.
 _TIMEOUT_SWEEP_S = 0.05
+# RFC 9110 9.2.2: the methods whose request may be sent twice with the effect of once.
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
 def classify(failure: Failure | None, status: int) -> str | None:
@@ -112,6 +124,9 @@ class Engine(ConnectionOwner):
         self.schedule = mix.schedule
         self.period = len(mix.schedule)
         self.expect_status = mix.expect_status
+        # per target: whether a request that a reused connection fails before any response byte is resent
+        self.resendable = [not self.close_mode and (plan.retry_stale_all or t.method in IDEMPOTENT_METHODS)
+                           for t in mix.targets]
         first = mix.targets[0]
         self.tls = (mix.tls or TlsClient()).creator(first.server_name) if first.tls else None
         self.admitted = 0  # closed model: requests started so far (their index in the schedule)
@@ -128,6 +143,9 @@ class Engine(ConnectionOwner):
         self.pending: deque[tuple[float, int]] = deque()
         # open model: due starts that found max_in_flight full: (intended start, target index)
         self.waiting: deque[tuple[float, int]] = deque()
+        # keep-alive: requests to resend on a new connection (their kept-alive one went stale), still in flight
+        self.resends: deque[tuple[float, int]] = deque()
+        self.resend_connecting = 0  # connections being opened for a resend (each takes just that request first)
         self.in_flight = 0
         self.started = 0  # open model: requests started on the schedule so far
         self.users_active = 0
@@ -215,11 +233,19 @@ class Engine(ConnectionOwner):
         self._pump()
 
     def _pump(self) -> None:
-        """Keep-alive: send pending requests on idle connections, open more up to the cap."""
+        """Keep-alive: open a connection for each resend, send pending requests on idle ones, open more up to the cap."""
+        resends = self.resends
+        while resends and self.open + self.connecting < self.cap:
+            conn = connect(self.reactor, self.target.address, self.target.port, self, self.plan.timeout, self.tls)
+            conn.attempt, conn.target_index = resends.popleft()
+            conn.resending = True
+            self.connecting += 1
+            self.resend_connecting += 1
+            self.opened += 1
         pending, idle = self.pending, self.idle
         while pending and idle:
             self._send(idle.pop(), *pending.popleft())
-        need = len(pending) - self.connecting
+        need = len(pending) - (self.connecting - self.resend_connecting)
         while need > 0 and self.open + self.connecting < self.cap:
             connect(self.reactor, self.target.address, self.target.port, self, self.plan.timeout, self.tls)
             self.connecting += 1
@@ -236,6 +262,10 @@ class Engine(ConnectionOwner):
                    index: int) -> None:
         now = self.now()
         self.busy.pop(conn, None)
+        if (failure is not None and conn.sent > 1 and self.resendable[index] and not conn.timed_out
+                and pool_would_resend(failure.value)):
+            self._resend(intended, index)
+            return
         self.in_flight -= 1
         if conn.timed_out:
             kind: str | None = "timeout"
@@ -245,6 +275,16 @@ class Engine(ConnectionOwner):
             kind = classify(failure, status)
         self.recorder.finished(intended, sent, now, kind, status, index)
         self._next(now)
+
+    def _resend(self, intended: float, index: int) -> None:
+        """A reused connection failed the request before any response byte: send it again on a new connection.
+
+        It stays in flight; its connection opens as soon as the cap allows (the
+        stale one's loss makes room, and resends go first).
+        """
+        self.recorder.resent(intended, index)
+        self.resends.append((intended, index))
+        self._pump()
 
     def _next(self, now: float) -> None:
         """A slot freed: start what waits for it (open) or the user's next request (closed)."""
@@ -282,7 +322,9 @@ class Engine(ConnectionOwner):
         """A connection can take requests: send its request (close), or use it for what is pending."""
         self.connecting -= 1
         self.open += 1
-        if self.close_mode:
+        if conn.resending:
+            self.resend_connecting -= 1
+        if self.close_mode or conn.resending:
             self._send(conn, conn.attempt, conn.target_index)
         elif self._stopping and not self.waiting and not self.pending:
             conn.transport.loseConnection()  # came up after the step's end (a TLS handshake outlasted it)
@@ -306,13 +348,15 @@ class Engine(ConnectionOwner):
         if conn in self.idle:
             self.idle.remove(conn)
         self._maybe_done()
-        if not self.close_mode and (not self._stopping or self.pending):
+        if not self.close_mode and (not self._stopping or self.pending or self.resends):
             self.reactor.callLater(0, self._pump)
 
     def connect_failed(self, conn: Connection, reason: Failure) -> None:
         self.connecting -= 1
         now = self.now()
-        if self.close_mode:
+        if conn.resending:
+            self.resend_connecting -= 1
+        if self.close_mode or conn.resending:
             intended, index = conn.attempt, conn.target_index
         elif self.pending:
             intended, index = self.pending.popleft()
@@ -366,10 +410,11 @@ class Engine(ConnectionOwner):
             conn.timed_out = True
             if conn.transport is not None:
                 conn.transport.abortConnection()
-        while self.pending:
-            self.in_flight -= 1
-            intended, index = self.pending.popleft()
-            self.recorder.finished(intended, None, now, "timeout", 0, index)
+        for queue in (self.pending, self.resends):
+            while queue:
+                self.in_flight -= 1
+                intended, index = queue.popleft()
+                self.recorder.finished(intended, None, now, "timeout", 0, index)
         while self.waiting:
             intended, index = self.waiting.popleft()
             self.recorder.finished(intended, None, now, "timeout", 0, index)

@@ -79,10 +79,17 @@ def _merge_targets(index: int, steps: Sequence[StepResult]) -> list[dict[str, An
             "ok": sum(entry["ok"] for entry in entries),
             "errors": _add_counts([entry["errors"] for entry in entries]) or {},
             "codes": _add_counts([entry["codes"] for entry in entries]) or {},
+            **_sum_present("retried_stale", entries),
             "latency_ms": latency.summary(),
             "histogram": latency.encode(),
         })
     return merged
+
+
+def _sum_present(key: str, entries: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """``{key: the sum}`` over the entries that have ``key``; empty when none has (files from before it)."""
+    values = [entry[key] for entry in entries if entry.get(key) is not None]
+    return {key: sum(values)} if values else {}
 
 
 def _earliest(timestamps: Sequence[str]) -> str:
@@ -135,6 +142,7 @@ def _merge_step(index: int, steps: Sequence[StepResult]) -> StepResult:
         targets=_merge_targets(index, steps),
         tls_handshake_ms=handshake.summary() if handshake is not None else None,
         tls_handshake_histogram=handshake.encode() if handshake is not None else None,
+        retried_stale=_sum_optional([step.retried_stale for step in steps]),
     )
 
 

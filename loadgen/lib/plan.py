@@ -79,6 +79,9 @@ class Plan:
     timeout: float = 10.0
     max_in_flight: int = 1000
     shard: tuple[int, int] = (0, 1)  # open model: (I, N), every N-th request of the schedule from the I-th
+    # keep-alive: a request that a reused connection fails before any response byte (the server closed it
+    # idle) is resent once on a new connection if its method is idempotent; True: whatever its method
+    retry_stale_all: bool = False
 
     def __post_init__(self) -> None:
         if self.model == "open" and not (self.rate and self.rate > 0):

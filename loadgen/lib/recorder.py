@@ -23,10 +23,11 @@ SATURATION_CPU_PERCENT = 95.0
 class _TargetCounts:
     """One target's share of a step: counts, status codes and the latency of its successes."""
 
-    __slots__ = ("requests", "ok", "errors", "codes", "latency")
+    __slots__ = ("requests", "ok", "errors", "codes", "latency", "retried_stale")
 
     def __init__(self) -> None:
         self.requests = 0
+        self.retried_stale = 0
         self.ok = 0
         self.errors: dict[str, int] = {}
         self.codes: dict[int, int] = {}
@@ -40,6 +41,7 @@ class _TargetCounts:
             "ok": self.ok,
             "errors": dict(self.errors),
             "codes": {str(code): count for code, count in sorted(self.codes.items())},
+            "retried_stale": self.retried_stale,
             "latency_ms": self.latency.summary(),
             "histogram": self.latency.encode(),
         }
@@ -68,6 +70,7 @@ class Recorder:
         self.ok = 0
         self.errors = dict.fromkeys(ERROR_KINDS, 0)
         self.missed = 0
+        self.retried_stale = 0
         self.busy_s = 0.0  # closed model: the users' time in requests, summed (for Little's law)
         self.first_intended: float | None = None
         self.last_done = 0.0
@@ -91,6 +94,17 @@ class Recorder:
         """The TLS handshake on the connection for the request intended at ``intended`` took ``seconds``."""
         if intended >= self.measure_from and self.handshake is not None:
             self.handshake.record_ms(seconds * 1000.0)
+
+    def resent(self, intended: float, target: int = 0) -> None:
+        """The request intended at ``intended`` is being resent: its kept-alive connection closed before any answer.
+
+        Not an outcome: the request still ends once, with ``finished``.
+        """
+        if intended < self.measure_from:
+            return
+        self.retried_stale += 1
+        if self.per_target is not None:
+            self.per_target[target].retried_stale += 1
 
     def finished(self, intended: float, sent: float | None, now: float, kind: str | None, status: int = 0,
                  target: int = 0) -> None:
@@ -199,6 +213,7 @@ class Recorder:
             service_histogram=self.service.encode(),
             connect_histogram=self.connect.encode() if self.connect is not None else None,
             connections_opened=connections_opened,
+            retried_stale=self.retried_stale,
             tls_handshake_ms=self.handshake.summary() if self.handshake is not None else None,
             tls_handshake_histogram=self.handshake.encode() if self.handshake is not None else None,
             codes={str(code): count for code, count in sorted(self.codes.items())},

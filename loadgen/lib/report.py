@@ -91,6 +91,12 @@ def _notes(result: RunResult) -> list[str]:
         if step.codes:
             codes = " ".join(f"{code}={count}" for code, count in sorted(step.codes.items()))
             lines.append(f"status codes at {_step_label(index, step)}: {codes}")
+        if step.retried_stale:
+            lines.append(
+                f"resent at {_step_label(index, step)}: retried_stale={step.retried_stale} (a reused keep-alive "
+                "connection closed before any response byte, as a server's idle timeout does: each resent once "
+                "on a new connection, its latency from its intended start; not errors)"
+            )
         if step.tls_handshake_ms is not None:
             connect, handshake = step.connect_ms or {}, step.tls_handshake_ms
             lines.append(
@@ -102,9 +108,10 @@ def _notes(result: RunResult) -> list[str]:
             errors = " ".join(f"{kind}={count}" for kind, count in sorted((entry.get("errors") or {}).items()))
             codes = " ".join(f"{code}={count}" for code, count in sorted((entry.get("codes") or {}).items()))
             latency = entry.get("latency_ms") or {}
+            resent = f", resent {entry['retried_stale']}" if entry.get("retried_stale") else ""
             lines.append(
                 f"  target {label} (weight {entry.get('weight')}): requests {entry.get('requests')}, "
-                f"ok {entry.get('ok')}, errors {errors or 'none'}, codes {codes or 'none'}, "
+                f"ok {entry.get('ok')}, errors {errors or 'none'}, codes {codes or 'none'}{resent}, "
                 f"p50 {_num(latency.get('p50'), 2)} ms, p99 {_num(latency.get('p99'), 2)} ms"
             )
     if result.knee is not None:
@@ -164,7 +171,7 @@ def _csv_columns(result: RunResult) -> list[str]:
     )
     return [
         "step", "offered_rps", "concurrency", "duration_s", "requests", "ok", "errors",
-        *(f"errors_{kind}" for kind in kinds),
+        *(f"errors_{kind}" for kind in kinds), "retried_stale",
         "achieved_rps",
         *(f"latency_ms_{key}" for key in SUMMARY_KEYS),
         *(f"service_time_ms_{key}" for key in SUMMARY_KEYS),
@@ -184,6 +191,7 @@ def _csv_row(index: int, step: StepResult) -> dict[str, Any]:
         "requests": step.requests,
         "ok": step.ok,
         "errors": step.error_count,
+        "retried_stale": step.retried_stale,
         "achieved_rps": step.achieved_rps,
     }
     row.update({f"errors_{kind}": count for kind, count in step.errors.items()})
@@ -339,14 +347,18 @@ def reconcile(step: StepResult, entries: list[tuple[str, dict[str, Any]]]) -> st
 
 
 def _target_rows(entries: list[tuple[str, dict[str, Any]]]) -> tuple[list[str], list[list[str]]]:
-    headers = ["target", "weight", "requests", "ok", "errors", "codes", *_LATENCY_COLUMNS]
+    """The per-target table; a ``resent`` column when any target's requests were resent (``retried_stale``)."""
+    resent = any(entry.get("retried_stale") for _, entry in entries)
+    headers = ["target", "weight", "requests", "ok", "errors", *(["resent"] if resent else []), "codes",
+               *_LATENCY_COLUMNS]
     rows = []
     for label, entry in entries:
         latency = entry.get("latency_ms") or {}
         codes = " ".join(f"{code}={count}" for code, count in sorted((entry.get("codes") or {}).items()))
         rows.append([
             label, _num(entry.get("weight"), 0), _num(entry.get("requests"), 0), _num(entry.get("ok"), 0),
-            str(_errors_of(entry)), codes or "-", *(_num(latency.get(key), 2) for key in _LATENCY_COLUMNS),
+            str(_errors_of(entry)), *([_num(entry.get("retried_stale") or 0, 0)] if resent else []), codes or "-",
+            *(_num(latency.get(key), 2) for key in _LATENCY_COLUMNS),
         ])
     return headers, rows
 

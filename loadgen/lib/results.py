@@ -59,6 +59,7 @@ class StepResult:
     targets: list[dict[str, Any]] | None = None  # per-target breakdown of a mix of targets
     tls_handshake_ms: dict[str, float] | None = None  # TLS, Connection: close: the handshakes' summary
     tls_handshake_histogram: str | None = None
+    retried_stale: int | None = None  # keep-alive: requests resent once after their reused connection closed unanswered
 
     @property
     def error_count(self) -> int:
@@ -93,7 +94,7 @@ class StepResult:
 
 
 _STEP_EXTRAS = ("service_histogram", "connect_histogram", "connections_opened", "timeseries", "refined",
-                "codes", "targets", "tls_handshake_ms", "tls_handshake_histogram")
+                "codes", "targets", "tls_handshake_ms", "tls_handshake_histogram", "retried_stale")
 _STEP_REQUIRED = tuple(f.name for f in fields(StepResult) if f.name not in _STEP_EXTRAS)
 _NUMBER = (int, float)
 _STEP_TYPES: dict[str, tuple[type, ...]] = {

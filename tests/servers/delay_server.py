@@ -3,6 +3,7 @@
     python delay_server.py [--delay-ms 10] [--capacity N]
                            [--freeze-ms 0 (--freeze-every-ms 1500 | --freeze-at-ms 500,2250)]
                            [--tls-cert PEM --tls-key PEM [--client-ca PEM]]
+                           [--idle-timeout S] [--stale-after S]
 
 Prints ``port N`` once listening on a free loopback port.  It imports nothing
 of loadgen: it is the reference the generator is measured against.
@@ -15,10 +16,21 @@ read, accepted or answered meanwhile), either every ``--freeze-every-ms`` from
 the start, or at each ``--freeze-at-ms`` offset after the first ``GET /``.
 
 Other paths: ``/status/NNN`` answers status NNN after the delay; ``/reset``
-resets the connection (RST, SO_LINGER 0) after the delay.  ``GET /stats``
-answers JSON: connections accepted, the most open at once, requests served,
-requests whose client left before the answer (``abandoned``), and each
-freeze's start (seconds after the first request) and measured length.
+resets the connection (RST, SO_LINGER 0) after the delay; ``/hangup`` (any
+method) closes the connection as soon as the request is read, never
+answering; ``/cut`` (no delay) sends a 200 head promising 100 bytes, 10 of
+them, and closes.  ``GET /stats`` answers JSON: connections accepted, the most
+open at once, requests served, requests whose client left before the answer
+(``abandoned``), each freeze's start (seconds after the first request) and
+measured length, requests by ``"METHOD /path"`` (``paths``) and connections
+closed as stale (``stale_closed``).
+
+Keep-alive connections that sit idle: ``--idle-timeout S`` closes one idle S
+seconds (twisted.web's own timer, as real servers do); ``--stale-after S``
+instead closes it, unanswered, when the next request comes on it S seconds
+or more after its last response: the race of a server's idle close crossing
+the client's next request on the wire, made certain (on loopback the close
+nearly always arrives first, so a real timer makes it rare).
 ``GET /arrivals`` answers the arrival time of each request (seconds after the
 first, at most 100000) and the client's port.
 
@@ -46,7 +58,8 @@ from twisted.internet.task import LoopingCall
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-STATS = {"accepted": 0, "open": 0, "max_open": 0, "requests": 0, "abandoned": 0, "freezes": []}
+STATS = {"accepted": 0, "open": 0, "max_open": 0, "requests": 0, "abandoned": 0, "freezes": [], "paths": {},
+         "stale_closed": 0}
 ARRIVALS: list[tuple[float, int]] = []
 MAX_ARRIVALS = 100_000
 FIRST: list[float] = []  # monotonic time of the first GET /, once it came
@@ -65,8 +78,10 @@ def freeze(seconds: float) -> None:
 class Delayed(Resource):
     isLeaf = True
 
-    def __init__(self, delay: float, capacity: int, freeze_ms: float, freeze_at_s: list[float]) -> None:
+    def __init__(self, delay: float, capacity: int, freeze_ms: float, freeze_at_s: list[float],
+                 stale_after: float = 0.0) -> None:
         super().__init__()
+        self.stale_after = stale_after
         self.delay = delay
         self.capacity = capacity
         self.busy = 0
@@ -75,6 +90,23 @@ class Delayed(Resource):
         self.freeze_at_s = freeze_at_s
 
     def render(self, request):
+        channel = request.channel
+        last = getattr(channel, "idle_since", None)
+        if self.stale_after and last is not None and time.monotonic() - last >= self.stale_after:
+            STATS["stale_closed"] += 1
+            channel.transport.loseConnection()
+            return NOT_DONE_YET
+        key = f"{request.method.decode()} {request.path.decode()}"
+        STATS["paths"][key] = STATS["paths"].get(key, 0) + 1
+        request.notifyFinish().addBoth(lambda _: setattr(channel, "idle_since", time.monotonic()))
+        if request.path == b"/hangup":
+            channel.transport.loseConnection()
+            return NOT_DONE_YET
+        if request.path == b"/cut":
+            request.setHeader(b"content-length", b"100")
+            request.write(b"x" * 10)
+            channel.transport.loseConnection()
+            return NOT_DONE_YET
         if request.path == b"/echo":
             body = request.content.read()
             digest = hashlib.sha256(request.method + b"\n" + body).hexdigest()
@@ -164,9 +196,14 @@ def main() -> None:
     parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate")
     parser.add_argument("--tls-key", help="the certificate's PEM key")
     parser.add_argument("--client-ca", help="demand client certificates signed by this CA (PEM)")
+    parser.add_argument("--idle-timeout", type=float, default=None, help="close connections idle this many seconds")
+    parser.add_argument("--stale-after", type=float, default=0.0,
+                        help="close, unanswered, a request arriving this many seconds or more after its "
+                             "connection's last response")
     args = parser.parse_args()
     freeze_at_s = [float(v) / 1000.0 for v in args.freeze_at_ms.split(",") if v.strip()]
-    resource = Delayed(args.delay_ms / 1000.0, args.capacity, args.freeze_ms, freeze_at_s)
+    resource = Delayed(args.delay_ms / 1000.0, args.capacity, args.freeze_ms, freeze_at_s, args.stale_after)
+    site = CountingSite(resource) if args.idle_timeout is None else CountingSite(resource, timeout=args.idle_timeout)
     if args.tls_cert:
         from twisted.internet import ssl
 
@@ -177,9 +214,9 @@ def main() -> None:
             with open(args.client_ca, "rb") as ca:
                 extra = {"verify": True, "requireCertificate": True, "caCerts": [ssl.Certificate.loadPEM(ca.read()).original]}
         options = ssl.CertificateOptions(privateKey=server.privateKey.original, certificate=server.original, **extra)
-        port = reactor.listenSSL(0, CountingSite(resource), options, backlog=1024, interface="127.0.0.1")
+        port = reactor.listenSSL(0, site, options, backlog=1024, interface="127.0.0.1")
     else:
-        port = reactor.listenTCP(0, CountingSite(resource), backlog=1024, interface="127.0.0.1")
+        port = reactor.listenTCP(0, site, backlog=1024, interface="127.0.0.1")
     if args.freeze_ms > 0 and not freeze_at_s:
         LoopingCall(freeze, args.freeze_ms / 1000.0).start(args.freeze_every_ms / 1000.0, now=False)
     print(f"port {port.getHost().port}", flush=True)
