@@ -1,17 +1,44 @@
 """Requests per generator CPU-second: loadgen against wrk, Locust and plain treq, same target, same run.
 
-    python bench/loadgen_bench.py [--runs 3] [--seconds 8] [--concurrency 16] [--locust PATH] [--json out.json]
+    python bench/loadgen_bench.py [--runs 3] [--seconds 8] [--concurrency 16] [--locust PATH]
+                                  [--only wrk,loadgen,locust,treq] [--cases CASES] [--procs-scaling]
+                                  [--json out.json]
 
 The target is nginx (Debian package nginx-light or nginx) answering a
 3-byte body from one worker, so that the generators, not the target, do the
 work that is compared.  Each generator runs the closed model with the same
-number of connections, keep-alive and ``Connection: close``; its CPU time is
-the rusage of its whole process tree (threads and children included), so
-start-up counts the same for everyone.  Locust runs ``FastHttpUser`` with no
-wait time, from its own virtualenv (``--locust``, default
-``/work/locust-venv/bin/locust``) since it is not a dependency of loadgen.
-``--procs-scaling`` also runs ``loadgen --procs 1`` and ``--procs 2`` at a
-fixed high concurrency and reports the throughput ratio.
+number of connections; its CPU time is the rusage of its whole process tree
+(threads and children included, user + system), so start-up counts the same
+for everyone, and its figure is successful requests over that CPU time.
+
+The cases (``--cases``, comma-separated; default all):
+
+- ``keep-alive`` and ``close``: plain HTTP to one URL, every tool.
+- ``keep-alive-3-targets``: loadgen only, ``--targets`` with three targets
+  (two GETs, one with a query and a header, and a POST with a body) on the
+  same nginx, beside the single URL: the mix must cost nothing per request
+  (issue 14's goal: >= 15,000 requests per CPU-second, no regression from
+  the single URL).
+- ``https-keep-alive`` and ``https-close``: the same nginx on a TLS port
+  with a certificate the bench makes (loadgen.lib.tls.write_self_signed),
+  session resumption off (tickets and cache), so every ``Connection: close``
+  request pays a full handshake in every tool.  Locust ``FastHttpUser``
+  verifies nothing by default (``insecure = True``), so loadgen runs with
+  ``--insecure`` to match; wrk (verifies nothing either) for reference; treq
+  is left out.  Issue 14's goal: loadgen >= 1.5x Locust's requests per
+  CPU-second in both.
+
+Locust runs ``FastHttpUser`` with no wait time; ``--locust`` is its
+executable, by default the ``locust`` beside this Python (``pip install
+-e '.[bench]'``), else ``/work/locust-venv/bin/locust``; without one, Locust
+is skipped.  ``--procs-scaling`` also runs ``loadgen --procs 1`` and
+``--procs 2`` at a fixed high concurrency and reports the throughput ratio.
+Ratios are medians over runs of each run's own ratio.
+
+How long: each case runs each of its tools ``--seconds`` (8) plus about
+1-2 s of start-up, 15 runs of a tool per round, so a round takes about
+2.5 minutes and the default 3 rounds about 7-8 minutes on 2 cores (add 1 minute
+for ``--procs-scaling``).  A smoke run: ``--runs 1 --seconds 2`` (about 50 s).
 """
 
 from __future__ import annotations
@@ -29,9 +56,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import median, save_results
+from _common import median, median_ratio, save_results
 
 from loadgen.lib.children import ChildServer, free_port
+from loadgen.lib.tls import write_self_signed
 
 LOCUSTFILE = '''
 from locust import constant, task
@@ -68,9 +96,13 @@ task.react(lambda r: defer.ensureDeferred(main(r, sys.argv[1], int(sys.argv[2]),
 
 
 class Nginx:
+    """nginx on two loopback ports: plain HTTP, and TLS with a certificate made here (no session resumption)."""
+
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
         self.port = free_port()
+        self.tls_port = free_port()
+        certs = write_self_signed(self.dir / "tls")
         (self.dir / "nginx.conf").write_text(f"""
 worker_processes 1;
 pid {self.dir}/nginx.pid;
@@ -84,8 +116,13 @@ http {{
   fastcgi_temp_path {self.dir};
   uwsgi_temp_path {self.dir};
   scgi_temp_path {self.dir};
+  ssl_certificate {certs.cert};
+  ssl_certificate_key {certs.key};
+  ssl_session_tickets off;
+  ssl_session_cache off;
   server {{
     listen 127.0.0.1:{self.port} backlog=4096;
+    listen 127.0.0.1:{self.tls_port} ssl backlog=4096;
     location / {{ return 200 "ok\\n"; }}
   }}
 }}
@@ -95,6 +132,12 @@ http {{
                                    "-g", "daemon off;"], port=self.port, ready_path="/")
         self.server.start_blocking()
         self.url = self.server.url("/")
+        self.https_url = f"https://127.0.0.1:{self.tls_port}/"
+        self.targets = self.dir / "targets.txt"
+        (self.dir / "body.json").write_bytes(b'{"id": 7, "n": 3}')
+        base = self.url.rstrip("/")
+        self.targets.write_text(f"GET {base}/\n\nGET {base}/items?id=7\nAccept: application/json\n\n"
+                                f"POST {base}/echo\nContent-Type: application/json\n@body.json\n")
 
     def stop(self) -> None:
         try:
@@ -121,17 +164,21 @@ def run_wrk(url: str, conc: int, seconds: float, close: bool) -> tuple[int, floa
         argv[1:1] = ["-H", "Connection: close"]
     out, cpu, wall = measured(argv)
     requests = int(re.search(r"(\d+) requests in", out).group(1))
-    return requests, cpu, wall
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return requests - (int(errors.group(1)) if errors else 0), cpu, wall
 
 
-def run_loadgen(url: str, conc: int, seconds: float, close: bool, procs: int = 1) -> tuple[int, float, float]:
+def run_loadgen(target: list[str], conc: int, seconds: float, close: bool, procs: int = 1) -> tuple[int, float, float]:
+    """``loadgen run TARGET...`` (a URL with its options, or ``--targets FILE``); its successful requests."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "r.json")
-        argv = [sys.executable, "-m", "loadgen", "run", url, "--concurrency", str(conc), "--duration",
+        argv = [sys.executable, "-m", "loadgen", "run", *target, "--concurrency", str(conc), "--duration",
                 f"{seconds:g}s", "--connection", "close" if close else "keep-alive", "--quiet", "--out", out,
                 "--procs", str(procs)]
         _, cpu, wall = measured(argv)
         step = json.loads(Path(out).read_text())["steps"][0]
+        if step["errors"]:
+            print(f"  loadgen {' '.join(target)}: errors {step['errors']}", file=sys.stderr)
         return step["ok"], cpu, wall
 
 
@@ -158,43 +205,79 @@ def run_treq(url: str, conc: int, seconds: float, close: bool) -> tuple[int, flo
         return int(out.strip().splitlines()[-1]), cpu, wall
 
 
+# case -> (https, Connection: close, the tools that run it)
+CASES: dict[str, tuple[bool, bool, tuple[str, ...]]] = {
+    "keep-alive": (False, False, ("wrk", "loadgen", "locust", "treq")),
+    "close": (False, True, ("wrk", "loadgen", "locust", "treq")),
+    "keep-alive-3-targets": (False, False, ("loadgen",)),
+    "https-keep-alive": (True, False, ("wrk", "loadgen", "locust")),
+    "https-close": (True, True, ("wrk", "loadgen", "locust")),
+}
+# (what, the sample names compared, the goal) of issue 14
+GOALS = [
+    ("loadgen keep-alive, 3 targets: req/cpu-s", "loadgen keep-alive-3-targets", None, 15_000.0),
+    ("loadgen 3 targets / single URL (keep-alive)", "loadgen keep-alive-3-targets", "loadgen keep-alive", None),
+    ("loadgen / locust (https-close, req per cpu-s)", "loadgen https-close", "locust https-close", 1.5),
+    ("loadgen / locust (https-keep-alive, req per cpu-s)", "loadgen https-keep-alive", "locust https-keep-alive",
+     1.5),
+]
+
+
+def default_locust() -> str:
+    beside = Path(sys.executable).parent / "locust"
+    return str(beside) if beside.exists() else "/work/locust-venv/bin/locust"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--locust", default="/work/locust-venv/bin/locust")
-    parser.add_argument("--only", default="wrk,loadgen,locust,treq")
+    parser.add_argument("--locust", default=default_locust())
+    parser.add_argument("--only", default="wrk,loadgen,locust,treq", help="the tools to run")
+    parser.add_argument("--cases", default=",".join(CASES), help="the cases to run: " + ", ".join(CASES))
     parser.add_argument("--procs-scaling", action="store_true")
     parser.add_argument("--json")
     args = parser.parse_args()
     tools = args.only.split(",")
+    cases = args.cases.split(",")
+    unknown = [case for case in cases if case not in CASES]
+    if unknown:
+        parser.error(f"--cases: unknown {', '.join(unknown)}; choose from {', '.join(CASES)}")
     if "locust" in tools and not os.path.exists(args.locust):
         print(f"no locust at {args.locust}; skipping it", file=sys.stderr)
         tools.remove("locust")
-    runners = {
-        "wrk": run_wrk,
-        "loadgen": run_loadgen,
-        "locust": lambda *a: run_locust(args.locust, *a),
-        "treq": run_treq,
-    }
     samples: dict[str, list[dict]] = {}
     nginx = Nginx()
+
+    def run_case(tool: str, case: str) -> tuple[int, float, float]:
+        https, close, _ = CASES[case]
+        url = nginx.https_url if https else nginx.url
+        conc, seconds = args.concurrency, args.seconds
+        if tool == "loadgen":
+            target = (["--targets", str(nginx.targets)] if case == "keep-alive-3-targets"
+                      else [url, "--insecure"] if https else [url])
+            return run_loadgen(target, conc, seconds, close)
+        if tool == "locust":
+            return run_locust(args.locust, url, conc, seconds, close)
+        return {"wrk": run_wrk, "treq": run_treq}[tool](url, conc, seconds, close)
+
     try:
         for run in range(args.runs):
             print(f"run {run + 1}/{args.runs}", flush=True)
-            for close in (False, True):
-                mode = "close" if close else "keep-alive"
-                for tool in tools:
-                    requests, cpu, wall = runners[tool](nginx.url, args.concurrency, args.seconds, close)
+            for case in cases:
+                for tool in CASES[case][2]:
+                    if tool not in tools:
+                        continue
+                    requests, cpu, wall = run_case(tool, case)
                     row = {"requests": requests, "cpu_s": cpu, "wall_s": wall,
                            "req_per_cpu_s": requests / cpu if cpu else 0.0, "rps": requests / args.seconds}
-                    samples.setdefault(f"{tool} {mode}", []).append(row)
-                    print(f"  {tool:8} {mode:10} {requests:8d} req  {cpu:6.2f} cpu-s  "
+                    samples.setdefault(f"{tool} {case}", []).append(row)
+                    print(f"  {tool:8} {case:21} {requests:8d} req  {cpu:6.2f} cpu-s  "
                           f"{row['req_per_cpu_s']:9.0f} req/cpu-s  {row['rps']:8.0f} rps", flush=True)
             if args.procs_scaling:
                 for procs in (1, 2):
-                    requests, cpu, wall = run_loadgen(nginx.url, 64, args.seconds, False, procs)
+                    requests, cpu, wall = run_loadgen([nginx.url], 64, args.seconds, False, procs)
                     row = {"requests": requests, "cpu_s": cpu, "rps": requests / args.seconds}
                     samples.setdefault(f"loadgen --procs {procs}", []).append(row)
                     print(f"  loadgen --procs {procs} {row['rps']:8.0f} rps  {cpu:6.2f} cpu-s", flush=True)
@@ -204,21 +287,33 @@ def main() -> None:
     med = {}
     for name, rows in samples.items():
         med[name] = {k: median([r[k] for r in rows]) for k in rows[0]}
-        print(f"  {name:24} {med[name].get('req_per_cpu_s', 0):9.0f} req/cpu-s  {med[name]['rps']:8.0f} rps")
+        print(f"  {name:32} {med[name].get('req_per_cpu_s', 0):9.0f} req/cpu-s  {med[name]['rps']:8.0f} rps")
     ratios = {}
-    for mode in ("keep-alive", "close"):
-        base = med.get(f"loadgen {mode}")
+    for case in cases:
+        base = samples.get(f"loadgen {case}")
         if not base:
             continue
         for tool in tools:
-            if tool != "loadgen" and f"{tool} {mode}" in med:
-                ratios[f"loadgen / {tool} ({mode}, req per cpu-s)"] = (
-                    base["req_per_cpu_s"] / med[f"{tool} {mode}"]["req_per_cpu_s"])
+            if tool != "loadgen" and f"{tool} {case}" in samples:
+                ratios[f"loadgen / {tool} ({case}, req per cpu-s)"] = median_ratio(
+                    [r["req_per_cpu_s"] for r in base], [r["req_per_cpu_s"] for r in samples[f"{tool} {case}"]])
+    if "loadgen keep-alive-3-targets" in samples and "loadgen keep-alive" in samples:
+        ratios["loadgen 3 targets / single URL (keep-alive)"] = median_ratio(
+            [r["req_per_cpu_s"] for r in samples["loadgen keep-alive-3-targets"]],
+            [r["req_per_cpu_s"] for r in samples["loadgen keep-alive"]])
     if "loadgen --procs 1" in med:
-        ratios["loadgen --procs 2 / --procs 1 (rps)"] = med["loadgen --procs 2"]["rps"] / med["loadgen --procs 1"]["rps"]
-    print("ratios:")
+        ratios["loadgen --procs 2 / --procs 1 (rps)"] = median_ratio(
+            [r["rps"] for r in samples["loadgen --procs 2"]], [r["rps"] for r in samples["loadgen --procs 1"]])
+    print("ratios (median of each run's own):")
     for k, v in ratios.items():
-        print(f"  {k:48} {v:6.2f}")
+        print(f"  {k:52} {v:6.2f}")
+    print("issue 14's goals:")
+    for what, name, other, goal in GOALS:
+        if name not in samples or (other is not None and other not in samples):
+            continue
+        value = ratios[what] if other is not None else med[name]["req_per_cpu_s"]
+        verdict = "" if goal is None else f"  (goal >= {goal:g}: {'met' if value >= goal else 'MISSED'})"
+        print(f"  {what:52} {value:9.2f}{verdict}")
     save_results(args.json, args, samples, med, ratios)
 
 
