@@ -6,7 +6,9 @@ errors and ``--procs`` keeping the given start run the real CLI.
 
 from __future__ import annotations
 
+import json
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,18 @@ def test_procs_start_at_the_given_time(tmp_path: Path) -> None:
         ended = time.time()
     assert step["requests"] == step["ok"] == 50
     assert ended >= start_at + 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("procs", ["1", "2"])
+def test_the_result_is_stamped_with_the_start_not_the_end(tmp_path: Path, procs: str) -> None:
+    """``started_at`` is the given start (to the second), for one process and for --procs' merge, not the
+    moment the run ended (shards merged from several machines are dated by when their load began)."""
+    start_at = float(int(time.time()) + 3)  # a whole second: started_at has a second's resolution
+    out = tmp_path / "result.json"
+    with Servers() as make:
+        server = make("--delay-ms", "0")
+        loadgen("run", server.url, "--rate", "50", "--duration", "1.5s", "--procs", procs, "--start-at",
+                f"{start_at:.3f}", "--out", str(out), "--quiet")
+    started = json.loads(out.read_text())["started_at"]
+    assert datetime.fromisoformat(started).timestamp() == start_at, started

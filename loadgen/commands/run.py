@@ -64,8 +64,9 @@ def main(args: argparse.Namespace) -> int:
     if args.procs > 1:
         result = _run_procs(args, shard, start_at)
     else:
+        started_at = now_iso(start_at)  # when the load starts (--start-at), not when it ends
         steps = _run(args, target, plan, start_at)
-        result = RunResult(target=target.url, model=plan.model, connection=args.connection, started_at=now_iso(),
+        result = RunResult(target=target.url, model=plan.model, connection=args.connection, started_at=started_at,
                            steps=steps)
     return _common.finish(args, result, slos, step_for_slo=result.steps[-1] if result.steps else None)
 
@@ -123,5 +124,4 @@ def _run_procs(args: argparse.Namespace, shard: tuple[int, int], start_at: float
                 raise UsageError(f"generator process {i} failed: {first[-1] if first else child.returncode}")
             results.append(RunResult.load(os.path.join(tmp, f"{i}.json")))
     merged = merge_results(results)
-    merged.started_at = now_iso()
     return merged

@@ -27,9 +27,11 @@ SERVER_KEYS = (
 )
 
 
-def now_iso() -> str:
-    """The current time as a result file's ``started_at``: ISO 8601, UTC, to the second."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
+def now_iso(at: float | None = None) -> str:
+    """The current time (or epoch seconds ``at``) as a result file's ``started_at``: ISO 8601, UTC, to the
+    second."""
+    moment = datetime.now(UTC) if at is None else datetime.fromtimestamp(at, UTC)
+    return moment.isoformat(timespec="seconds")
 
 
 @dataclass(kw_only=True)
