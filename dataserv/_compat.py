@@ -90,13 +90,26 @@ def klein_error_handlers(app: Any) -> list[Any]:
 
 
 def endpoint_address(endpoint: Any) -> tuple[str, int, int]:
-    """(interface, port, backlog) of a parsed ``tcp:``/``tcp6:`` server endpoint.
+    """(interface, port, backlog) of a parsed ``tcp:``/``tcp6:``/``ssl:`` server endpoint.
 
-    ``TCP4ServerEndpoint._interface/_port/_backlog``: ``--workers`` binds the
-    socket itself (SO_REUSEPORT), from the same strports description Twisted
-    parses, and the endpoint has no public accessors for them.
+    ``TCP4ServerEndpoint._interface/_port/_backlog`` (``SSL4ServerEndpoint``
+    has the same three): ``--workers`` binds the socket itself (SO_REUSEPORT),
+    from the same strports description Twisted parses, and the endpoint has no
+    public accessors for them.
     """
     return endpoint._interface, endpoint._port, endpoint._backlog
+
+
+def ssl_context_factory(endpoint: Any) -> Any:
+    """The TLS context factory (a ``CertificateOptions``) of a parsed ``ssl:`` server endpoint.
+
+    ``SSL4ServerEndpoint._sslContextFactory``: a ``--workers`` child serves
+    TLS over its own SO_REUSEPORT socket (``TLSMemoryBIOFactory`` around the
+    site), with the certificate and options exactly as Twisted parsed them from
+    ``ssl:``'s strports description; the endpoint has no public accessor, and
+    parsing the description ourselves would copy Twisted's parser.
+    """
+    return endpoint._sslContextFactory
 
 
 def hdr_median_equivalent(histogram: Any, value: int) -> int:
@@ -122,6 +135,14 @@ def _endpoint() -> TCP4ServerEndpoint:
     return TCP4ServerEndpoint(MemoryReactor(), 0, backlog=5, interface="127.0.0.1")
 
 
+def _ssl_endpoint() -> Any:
+    from twisted.internet.endpoints import SSL4ServerEndpoint
+    from twisted.internet.ssl import CertificateOptions
+    from twisted.internet.testing import MemoryReactor
+
+    return SSL4ServerEndpoint(MemoryReactor(), 0, CertificateOptions(), backlog=5, interface="127.0.0.1")
+
+
 def _klein_resource() -> Any:
     from klein import Klein
     from klein.resource import KleinResource
@@ -144,6 +165,10 @@ PRIVATE_NAMES: list[tuple[str, str, Any]] = [
     ("twisted.internet.endpoints.TCP4ServerEndpoint", "_interface", _endpoint),
     ("twisted.internet.endpoints.TCP4ServerEndpoint", "_port", _endpoint),
     ("twisted.internet.endpoints.TCP4ServerEndpoint", "_backlog", _endpoint),
+    ("twisted.internet.endpoints.SSL4ServerEndpoint", "_interface", _ssl_endpoint),
+    ("twisted.internet.endpoints.SSL4ServerEndpoint", "_port", _ssl_endpoint),
+    ("twisted.internet.endpoints.SSL4ServerEndpoint", "_backlog", _ssl_endpoint),
+    ("twisted.internet.endpoints.SSL4ServerEndpoint", "_sslContextFactory", _ssl_endpoint),
     ("klein.resource.KleinResource", "_app", _klein_resource),
     ("klein.Klein", "_error_handlers", lambda: _klein_resource()._app),
     ("hdrh.histogram.HdrHistogram", "_hdr_median_equiv_value", _hdr),

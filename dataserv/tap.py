@@ -6,10 +6,12 @@ import signal
 import sys
 from typing import Any
 
+from OpenSSL import SSL, crypto
 from prometheus_client import CollectorRegistry
 from twisted.application.service import IServiceCollection, MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.error import VerifyError
 from twisted.internet.interfaces import IListeningPort, IReactorCore, IStreamServerEndpoint
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactor
@@ -19,7 +21,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 import dataserv
-from dataserv import affinity, work
+from dataserv import _compat, affinity, work
 from dataserv import config as _config
 from dataserv.accesslog import AccessLog
 from dataserv.app import DataApp
@@ -28,6 +30,7 @@ from dataserv.dispatch import make_dispatcher
 from dataserv.metrics import Metrics, ReactorLagProbe
 from dataserv.overload import QueuePause
 from dataserv.site import DataSite
+from dataserv.workers import WORKER_ENDPOINTS
 
 _log = Logger()
 
@@ -78,9 +81,10 @@ class Options(usage.Options):
                 _check_endpoint(description)
             if resolved["workers"] > 1:
                 for description in resolved["listen"]:
-                    if not description.startswith(("tcp:", "tcp6:")):
+                    if not description.startswith(WORKER_ENDPOINTS):
                         raise _config.ConfigError(
-                            f"--workers {resolved['workers']} needs tcp: or tcp6: endpoints, got {description!r}")
+                            f"--workers {resolved['workers']} needs tcp:, tcp6: or ssl: endpoints, "
+                            f"got {description!r}")
         except _config.ConfigError as e:
             raise usage.UsageError(str(e)) from None
         self.update(resolved)
@@ -88,15 +92,32 @@ class Options(usage.Options):
 
 def _check_endpoint(description: str) -> None:
     try:
-        serverFromString(MemoryReactor(), description)
+        endpoint = serverFromString(MemoryReactor(), description)
+        if isinstance(endpoint, SSL4ServerEndpoint):
+            # The key and certificate are read at parse time; that they belong
+            # together is checked only when the first connection needs a context.
+            _compat.ssl_context_factory(endpoint).getContext()
     except IndexError:
         # The systemd: endpoint looks its socket up in LISTEN_FDS at parse time.
         raise _config.ConfigError(
             f"--listen {description}: no such socket passed by systemd (LISTEN_FDS); "
             "start it from the dataserv.socket unit"
         ) from None
+    except OSError as e:  # ssl:'s privateKey=, certKey=, extraCertChain=, dhParameters= files
+        raise _config.ConfigError(f"--listen {description}: cannot read {e.filename!r}: {e.strerror}") from None
+    except (crypto.Error, SSL.Error, VerifyError) as e:
+        raise _config.ConfigError(
+            f"--listen {description}: its TLS key, certificate or parameters do not load: {_ssl_reason(e)}"
+        ) from None
     except (ValueError, TypeError, KeyError) as e:
         raise _config.ConfigError(f"--listen: bad endpoint {description!r}: {e}") from None
+
+
+def _ssl_reason(error: Exception) -> str:
+    """OpenSSL's reasons (the last field of each entry of its error queue), or the error's own words."""
+    queue = error.args[0] if error.args and isinstance(error.args[0], list) else []
+    reasons = [entry[-1] for entry in queue if isinstance(entry, tuple) and entry and entry[-1]]
+    return "; ".join(dict.fromkeys(reasons)) or str(error)
 
 
 class ListenerService(Service):
@@ -228,15 +249,10 @@ def build(options: Any, reactor: IReactorCore, registry: CollectorRegistry | Non
         access_log.setServiceParent(root)  # stopped after the listeners: the last records are flushed
     listeners = []
     endpoints = [(serverFromString(reactor, d), d) for d in options["listen"]]
-    if options.get("reuse-port"):  # a --workers child: its own socket on the shared port
-        from twisted.internet.endpoints import AdoptedStreamServerEndpoint
+    if options.get("reuse-port"):  # a --workers child: its own socket on the shared port (TLS over it for ssl:)
+        from dataserv.workers import reuse_port_endpoint
 
-        from dataserv.workers import reuse_port_socket
-
-        endpoints = []
-        for description in options["listen"]:
-            sock, _ = reuse_port_socket(description, listen=True)
-            endpoints.append((AdoptedStreamServerEndpoint(reactor, sock.detach(), sock.family), description))
+        endpoints = [(reuse_port_endpoint(reactor, d), d) for d in options["listen"]]
     if options.get("metrics-dir") and options.get("worker-index") is not None:
         from dataserv.workers import CombinedRegistry, SiblingMetrics
 

@@ -1,12 +1,16 @@
 """``--workers N``: N reactor processes sharing the listening sockets, supervised by a parent.
 
-The parent creates each listening socket once and hands its descriptor to
-N ``twistd dataserv`` children, which adopt it (Twisted's
-``AdoptedStreamServerEndpoint``) and accept from it side by side; the kernel
-spreads connections over the processes that are waiting in ``accept``.  The
-parent serves nothing itself: it restarts a worker that dies, relays their
-log lines, and on SIGTERM forwards the signal so that every worker drains
-(``--drain-timeout``), then exits 0 once they all have.
+The parent reserves each port once (a bound SO_REUSEPORT socket) and starts
+N ``twistd dataserv`` children with the concrete descriptions; each child
+listens on a SO_REUSEPORT socket of its own on that port and adopts it
+(Twisted's ``AdoptedStreamServerEndpoint``), and the kernel spreads new
+connections over the children's sockets.  An ``ssl:`` endpoint's socket is
+plain TCP like the others, and each child runs the TLS itself (the
+certificate Twisted parsed from the description), so handshakes, like
+accepting, are spread over N reactors.  The parent serves nothing itself:
+it restarts a worker that dies, relays their log lines, and on SIGTERM
+forwards the signal so that every worker drains (``--drain-timeout``), then
+exits 0 once they all have.
 
 ``/metrics`` on the shared port shows the whole server whichever worker
 answers: every worker writes its exposition to a shared directory each
@@ -29,12 +33,22 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.application.service import Service
 from twisted.internet import error
+from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
+from twisted.internet.endpoints import (
+    AdoptedStreamServerEndpoint,
+    SSL4ServerEndpoint,
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    serverFromString,
+)
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
 
 from dataserv import _compat, affinity
 
@@ -44,16 +58,54 @@ TWISTD = str(Path(sys.executable).with_name("twistd"))
 RESTART_DELAY_S = 1.0
 
 
-def reuse_port_socket(description: str, listen: bool) -> tuple[socket.socket, str]:
-    """A SO_REUSEPORT socket bound as a TCP strports description asks; listening if ``listen``.
+WORKER_ENDPOINTS = ("tcp:", "tcp6:", "ssl:")
+"""The strports types ``--workers`` can share: TCP, and TLS over TCP."""
 
-    Answers the socket and the description with the concrete port (port 0
-    becomes the port the kernel chose), so that siblings bind the same one.
+
+def _fields(text: str, separator: str) -> list[str]:
+    """``text`` split at each ``separator`` that no backslash escapes (strports' quoting); escapes kept."""
+    fields, start, escaped = [], 0, False
+    for i, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == separator:
+            fields.append(text[start:i])
+            start = i + 1
+    fields.append(text[start:])
+    return fields
+
+
+def with_port(description: str, port: int) -> str:
+    """A strports description with its port (the first positional field, or ``port=``) replaced by ``port``.
+
+    Only the port changes: every other field keeps its text and its escapes
+    (``\\:`` in a path), so a worker parses the same certificate and options
+    as the parent did.
     """
+    fields = _fields(description, ":")
+    for i, field in enumerate(fields[1:], 1):
+        key = _fields(field, "=")
+        if len(key) == 1 or key[0] == "port":
+            fields[i] = str(port) if len(key) == 1 else f"port={port}"
+            return ":".join(fields)
+    raise ValueError(f"no port in {description!r}")
+
+
+def _parse(description: str) -> tuple[Any, bool, Any]:
+    """The parsed endpoint, whether it is IPv6, and its TLS context factory (None for plain TCP)."""
     endpoint = serverFromString(MemoryReactor(), description)
-    if not isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
-        raise ValueError(f"--workers needs tcp: or tcp6: endpoints, got {description!r}")
-    six = isinstance(endpoint, TCP6ServerEndpoint)
+    if isinstance(endpoint, SSL4ServerEndpoint):
+        interface = _compat.endpoint_address(endpoint)[0]
+        return endpoint, isIPv6Address(interface), _compat.ssl_context_factory(endpoint)
+    if isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
+        return endpoint, isinstance(endpoint, TCP6ServerEndpoint), None
+    raise ValueError(f"--workers needs tcp:, tcp6: or ssl: endpoints, got {description!r}")
+
+
+def _reuse_port(description: str, listen: bool) -> tuple[socket.socket, str, Any]:
+    endpoint, six, context = _parse(description)
     # The parsed endpoint's own fields: interface, port, backlog.
     interface, port, backlog = _compat.endpoint_address(endpoint)
     sock = socket.socket(socket.AF_INET6 if six else socket.AF_INET, socket.SOCK_STREAM)
@@ -64,9 +116,48 @@ def reuse_port_socket(description: str, listen: bool) -> tuple[socket.socket, st
         sock.listen(backlog)
         sock.setblocking(False)
     port = sock.getsockname()[1]
+    if context is not None:
+        return sock, with_port(description, port), context
     escaped = interface.replace(":", "\\:")
     concrete = f"{'tcp6' if six else 'tcp'}:{port}:backlog={backlog}" + (f":interface={escaped}" if interface else "")
+    return sock, concrete, None
+
+
+def reuse_port_socket(description: str, listen: bool) -> tuple[socket.socket, str]:
+    """A SO_REUSEPORT socket bound as a ``tcp:``, ``tcp6:`` or ``ssl:`` description asks; listening if ``listen``.
+
+    Answers the socket and the description with the concrete port (port 0
+    becomes the port the kernel chose), so that siblings bind the same one.
+    An ``ssl:`` description's socket is plain TCP: the TLS is the worker's,
+    over the socket it adopts (:func:`reuse_port_endpoint`).
+    """
+    sock, concrete, _ = _reuse_port(description, listen)
     return sock, concrete
+
+
+@implementer(IStreamServerEndpoint)
+class _TLSEndpoint:
+    """Listens on ``endpoint`` with TLS (``context``) between each connection and the factory's protocol.
+
+    What ``SSL4ServerEndpoint`` does over a socket of its own (Twisted's
+    ``listenSSL`` wraps the factory in the same ``TLSMemoryBIOFactory``): the
+    site's channel still sees ``connectionMade`` when a connection is
+    accepted, so connections are counted as over plain TCP.
+    """
+
+    def __init__(self, endpoint: IStreamServerEndpoint, context: Any) -> None:
+        self.endpoint = endpoint
+        self.context = context
+
+    def listen(self, factory: Any) -> Deferred[Any]:
+        return self.endpoint.listen(TLSMemoryBIOFactory(self.context, False, factory))
+
+
+def reuse_port_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+    """In a worker: its own listening SO_REUSEPORT socket on the description's port, adopted; TLS over it for ``ssl:``."""
+    sock, _, context = _reuse_port(description, listen=True)
+    endpoint = AdoptedStreamServerEndpoint(reactor, sock.detach(), sock.family)
+    return endpoint if context is None else _TLSEndpoint(endpoint, context)
 
 
 class _Worker(ProcessProtocol):

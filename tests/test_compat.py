@@ -47,6 +47,13 @@ def test_the_accessors_read_what_twisted_sets() -> None:
     assert _compat.client_gone(request) is True
     endpoint = _compat.PRIVATE_NAMES[4][2]()
     assert _compat.endpoint_address(endpoint) == ("127.0.0.1", 0, 5)
+    from twisted.internet.endpoints import SSL4ServerEndpoint
+    from twisted.internet.ssl import CertificateOptions
+    from twisted.internet.testing import MemoryReactor
+
+    options = CertificateOptions()
+    tls = SSL4ServerEndpoint(MemoryReactor(), 443, options, backlog=9, interface="::1")
+    assert _compat.endpoint_address(tls) == ("::1", 443, 9) and _compat.ssl_context_factory(tls) is options
 
 
 def _private_uses(path: Path) -> list[str]:

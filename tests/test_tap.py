@@ -96,6 +96,48 @@ def test_bad_values_exit_2_with_one_line_naming_the_option(
     assert err.startswith("twistd dataserv: " + message)
 
 
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory):
+    from loadgen.lib.tls import write_self_signed
+
+    d = tmp_path_factory.mktemp("certs")
+    (d / "junk.pem").write_text("not a key\n")
+    return write_self_signed(d), write_self_signed(d, ("other",), prefix="other-"), d / "junk.pem"
+
+
+@pytest.mark.parametrize(
+    ("listen", "message"),
+    [
+        ("ssl:0:privateKey=/nonexistent/key.pem",
+         "--listen ssl:0:privateKey=/nonexistent/key.pem: cannot read '/nonexistent/key.pem': No such file or directory"),
+        ("ssl:0:privateKey={junk}", "--listen ssl:0:privateKey={junk}: its TLS key, certificate or parameters do not "
+                                    "load: "),
+        ("ssl:0:privateKey={other.key}:certKey={ours.cert}",
+         "--listen ssl:0:privateKey={other.key}:certKey={ours.cert}: its TLS key, certificate or parameters do not "
+         "load: Certificate public and private keys do not match."),
+        ("unix:/tmp/dataserv.sock", "--workers 2 needs tcp:, tcp6: or ssl: endpoints, got 'unix:/tmp/dataserv.sock'"),
+    ],
+    ids=["missing", "not-pem", "mismatched", "unix"],
+)
+def test_bad_tls_files_or_an_endpoint_workers_cannot_share_exit_2_with_one_line(
+        certs, listen: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """An ssl: endpoint whose key or certificate does not load is one line naming --listen, exit 2, before
+    anything starts (with or without --workers); --workers refuses an endpoint that is not TCP or TLS over TCP."""
+    ours, other, junk = certs
+    listen, message = (text.format(ours=ours, other=other, junk=junk) for text in (listen, message))
+    with pytest.raises(SystemExit) as exit_info:
+        _parse("--workers", "2", "--listen", listen)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("twistd dataserv: " + message), err
+
+
+def test_workers_take_an_ssl_endpoint(certs) -> None:
+    ours = certs[0]
+    listen = f"ssl:0:interface=127.0.0.1:privateKey={ours.key}:certKey={ours.cert}"
+    assert _parse("--workers", "2", "--listen", listen)["listen"] == [listen]
+
+
 def _write(tmp_path, text: str) -> str:
     path = tmp_path / "dataserv.cfg"
     path.write_text(textwrap.dedent(text))

@@ -463,3 +463,58 @@ def test_workers_share_the_port_restart_and_drain(tmp_path: Path) -> None:
         time.sleep(0.05)
     assert not [pid for pid in workers if _alive(pid)]
     assert "restarting" in server.output()
+
+
+def _per_worker(text: str, pattern: str) -> dict[str, float]:
+    """A counter's value by ``worker`` label, from a /metrics exposition."""
+    return {m.group(1): float(m.group(2)) for m in re.finditer(pattern + r'worker="(\d)"\} (\S+)$', text, re.M)}
+
+
+def test_workers_serve_https_on_an_ssl_endpoint(tmp_path: Path) -> None:
+    """--workers 2 with ssl:0 beside tcp:0: both workers do TLS on the shared port; loadgen's verified
+    Connection: close requests all succeed, both workers answered some, and every TLS connection is counted
+    (connections accepted over the workers went up by exactly loadgen's connections and the scrape's own)."""
+    from loadgen_factories import loadgen
+
+    from loadgen.lib.tls import write_self_signed
+
+    files = write_self_signed(tmp_path / "certs")
+    server = Twistd(tmp_path, "--workers", "2", "--dispatch", "inline", "--work-ms", "1",
+                    "--listen", f"ssl:0:interface=127.0.0.1:privateKey={files.key}:certKey={files.cert}")
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # each worker says so once its own socket on the port listens
+            ssl_ports = re.findall(r"dataserv listening on 127\.0\.0\.1:(\d+) \(ssl:", server.output())
+            if len(ssl_ports) == 2:
+                break
+            time.sleep(0.1)
+        assert len(ssl_ports) == 2 and len(set(ssl_ports)) == 1, server.output()
+        accepted = r"^dataserv_connections_accepted_total\{"
+        time.sleep(1.2)  # siblings publish their metrics every second
+        before = sum(_per_worker(server.get("/metrics")[2], accepted).values())
+        out = tmp_path / "result.json"
+        loadgen("run", f"https://localhost:{ssl_ports[0]}/data", "--cacert", str(files.ca), "--rate", "100",
+                "--duration", "1s", "--connection", "close", "--out", str(out), "--quiet")
+        step = json.loads(out.read_text())["steps"][0]
+        assert step["errors"] == {} and step["ok"] == step["requests"] == step["connections_opened"] >= 90
+        time.sleep(1.2)
+        text = server.get("/metrics")[2]
+        served = _per_worker(text, r'^dataserv_requests_total\{code="200",method="GET",route="/data",')
+        assert set(served) == {"0", "1"} and min(served.values()) > 0 and sum(served.values()) == step["ok"], served
+        assert sum(_per_worker(text, accepted).values()) - before == step["connections_opened"] + 1
+    finally:
+        code = server.terminate()
+    assert code == 0, server.output()
+
+
+@pytest.mark.parametrize("listen", ["ssl:0:privateKey=/nonexistent/key.pem", "unix:dataserv.sock"])
+def test_workers_refuse_unreadable_tls_files_and_unix_endpoints_in_one_line(tmp_path: Path, listen: str) -> None:
+    """--workers 2 with an ssl: key that cannot be read, or a unix: endpoint: exit 2 with one line naming
+    --listen or --workers, before any worker starts."""
+    result = subprocess.run([TWISTD, "-n", "--pidfile=", "dataserv", "--workers", "2", "--listen", listen],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, lines
+    assert lines[0] == ("twistd dataserv: --listen ssl:0:privateKey=/nonexistent/key.pem: cannot read "
+                        "'/nonexistent/key.pem': No such file or directory" if listen.startswith("ssl:") else
+                        "twistd dataserv: --workers 2 needs tcp:, tcp6: or ssl: endpoints, got 'unix:dataserv.sock'")
