@@ -142,3 +142,31 @@ def test_summarize_accepting_pauses_and_reactor_share() -> None:
     assert (summary["accepting_min"], summary["accept_pauses"], summary["reactor_cpu_percent"]) == (0.0, 4, 75.0)
     bare = summarize([ServerSample(t=0.0), ServerSample(t=1.0)])
     assert (bare["accepting_min"], bare["accept_pauses"], bare["reactor_cpu_percent"]) == (None, None, None)
+
+
+def test_parse_sums_a_workers_server_over_its_workers(tmp_path) -> None:
+    """A --workers exposition (every series labelled worker="i", the siblings' from their files): counters,
+    gauges and buckets are the server's totals, accepting the lowest of the workers."""
+    from dataserv.workers import CombinedRegistry
+
+    workers = [Metrics(CollectorRegistry(), process_collectors=False) for _ in range(2)]
+    for metrics, (accepted, lost, seconds, accepting) in zip(workers, [(5, 4, (0.002, 0.2), 1), (3, 1, (0.004,), 0)],
+                                                           strict=True):
+        for _ in range(accepted):
+            metrics.connection_made()
+        for _ in range(lost):
+            metrics.connection_lost()
+        for value in seconds:
+            metrics.request_finished("/data", b"GET", 200, value)
+        metrics.requests_shed.labels("queue_full").inc(2)
+        metrics.accepting.set(accepting)
+    (tmp_path / "worker-1.prom").write_bytes(generate_latest(workers[1].registry))
+    combined = CollectorRegistry()
+    combined.register(CombinedRegistry(workers[0].registry, str(tmp_path), 0))
+    text = generate_latest(combined).decode()
+    assert 'dataserv_connections_accepted_total{worker="1"} 3.0' in text
+    sample = parse_exposition(text, t=0)
+    assert (sample.accepted, sample.done, sample.open, sample.requests) == (8.0, 5.0, 3.0, 3.0)
+    assert (sample.shed, sample.answered, sample.accepting) == (4.0, 3.0, 0.0)
+    assert dict(sample.duration_buckets)[0.0025] == 1.0 and dict(sample.duration_buckets)[0.005] == 2.0
+    assert dict(sample.duration_buckets)[math.inf] == 3.0

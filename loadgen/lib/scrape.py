@@ -106,7 +106,13 @@ def _samples(text: str) -> Iterator[tuple[str, dict[str, str], float]]:
 
 
 def parse_exposition(text: str, t: float, route: str = ROUTE) -> ServerSample:
-    """Read dataserv's metrics from a Prometheus text exposition (absent ones stay None)."""
+    """Read dataserv's metrics from a Prometheus text exposition (absent ones stay None).
+
+    A ``--workers`` server labels every series with its ``worker``: counters,
+    gauges and histogram buckets are summed over the workers (the server's
+    totals), ``accepting`` is the lowest (0 while any worker is paused), and
+    ``work_iterations`` is one worker's.
+    """
     sample = ServerSample(t=t)
     backlog = shed = answered = pauses = None
     buckets: dict[float, float] = {}
@@ -114,8 +120,14 @@ def parse_exposition(text: str, t: float, route: str = ROUTE) -> ServerSample:
     for name, labels, value in _samples(text):
         field = _SCALARS.get(name)
         if field is not None:
-            if field != "requests" or labels.get("route") == route:
-                setattr(sample, field, value)
+            if field == "requests" and labels.get("route") != route:
+                continue
+            seen = getattr(sample, field)
+            if seen is not None and field == "accepting":
+                value = min(seen, value)
+            elif seen is not None and field != "work_iterations":
+                value += seen
+            setattr(sample, field, value)
         elif name == "dataserv_listen_backlog":
             backlog = (backlog or 0.0) + value
         elif name == "dataserv_requests_shed_total":
@@ -127,9 +139,11 @@ def parse_exposition(text: str, t: float, route: str = ROUTE) -> ServerSample:
         elif name == "dataserv_thread_cpu_seconds_total" and labels.get("role") == "reactor":
             sample.reactor_cpu_s = (sample.reactor_cpu_s or 0.0) + value  # with --workers, every reactor
         elif name == "dataserv_request_duration_seconds_bucket" and labels.get("route") == route:
-            buckets[float(labels["le"])] = value
+            le = float(labels["le"])
+            buckets[le] = buckets.get(le, 0.0) + value
         elif name == "dataserv_reactor_lag_seconds_bucket":
-            lag[float(labels["le"])] = value
+            le = float(labels["le"])
+            lag[le] = lag.get(le, 0.0) + value
     sample.backlog, sample.shed, sample.answered, sample.pauses = backlog, shed, answered, pauses
     sample.duration_buckets = sorted(buckets.items())
     sample.lag_buckets = sorted(lag.items())
