@@ -149,3 +149,31 @@ def test_a_server_that_ignores_sigterm_is_killed_and_reported(tmp_path: Path) ->
     with pytest.raises(ServerFailed, match="did not exit within 0.5 s of SIGTERM; killed"):
         server.stop_blocking(timeout=0.5)
     assert server.proc.poll() is not None and group_gone(server.proc.pid)
+
+
+_W = "[dataserv.workers#info] worker {}: [dataserv.tap#info] dataserv listening on 127.0.0.1:{} (x)\n"
+
+
+@pytest.mark.parametrize(
+    ("lines", "announcements", "ports"),
+    [
+        ([(None, 1000), (None, 2000)], 1, [1000, 2000]),
+        ([(None, 1000)], 1, []),
+        # --workers 2: worker 1 has both ports before worker 0 has its second; ready once each port is announced twice
+        ([(1, 1000), (0, 1000), (1, 2000)], 2, []),
+        ([(1, 1000), (0, 1000), (1, 2000), (0, 2000)], 2, [1000, 2000]),
+    ],
+    ids=["one-process", "one-port-short", "second-worker-short", "both-workers"],
+)
+def test_ports_are_read_in_order_once_each_is_announced_enough_times(tmp_path: Path, lines, announcements: int,
+                                                                       ports: list[int]) -> None:
+    """Ports come from the log in the order first announced, each once, and only when every one needed has been
+    announced ``announcements`` times (by every --workers worker)."""
+    from loadgen.lib.children import DATASERV_LISTENING
+
+    log = tmp_path / "log"
+    log.write_text("".join(
+        _W.format(worker, port) if worker is not None else
+        f"[dataserv.tap#info] dataserv listening on 127.0.0.1:{port} (x)\n" for worker, port in lines))
+    server = ChildServer(["true"], log=log, listening=DATASERV_LISTENING, ports_needed=2, announcements=announcements)
+    assert server._found_ports() is bool(ports) and server.ports == ports

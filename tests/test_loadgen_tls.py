@@ -10,6 +10,7 @@ speaking TLS in other processes, with certificates made in the test.
 from __future__ import annotations
 
 import json
+import os
 import ssl as stdlib_ssl
 import subprocess
 import urllib.request
@@ -20,6 +21,7 @@ import pytest
 from loadgen_factories import Server, loadgen, make_run, step_with, summary
 from OpenSSL import SSL
 from service_identity.exceptions import VerificationError
+from test_docs import assert_documented
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -339,15 +341,55 @@ def test_compare_tls_adds_close_over_tls_for_each_close_configuration() -> None:
     assert load_and_scrape_ports(only_keep_alive[0], [1000, 2000]) == (1000, 2000)
 
 
+def test_tls_workers_repeat_one_tls_configuration_with_the_pool_split_between_the_workers() -> None:
+    """--tls-workers 2: one more configuration, last: threads and pbkdf2 over TLS when there is one (else the
+    first TLS one), on dataserv --workers 2 with the same pool threads in all, so the same ceiling."""
+    configs = default_configurations(["inline", "threads"], ["pbkdf2"], None, 2, 4.0, tls=True, tls_workers=2)
+    assert [c.name for c in configs][-3:] == ["inline-pbkdf2-close-tls", "threads-pbkdf2-close-tls",
+                                              "threads-pbkdf2-close-tls-workers2"]
+    one, many = configs[-2:]
+    assert many.server_args()[:8] == ["--dispatch", "threads", "--work-kind", "pbkdf2", "--pool-size", "1",
+                                      "--workers", "2"]
+    assert "--workers" not in one.server_args() and (many.threads, many.ceiling_rps) == (2, one.ceiling_rps) == (2, 500)
+    [inline] = default_configurations(["inline"], ["pbkdf2"], ["close"], 2, 4.0, tls=True, tls_workers=3)[2:]
+    assert (inline.name, inline.threads, inline.ceiling_rps) == ("inline-pbkdf2-close-tls-workers3", 3, 750.0)
+    assert len(default_configurations(["threads"], ["pbkdf2"], None, 2, 4.0, tls=True)) == 3  # 0: none
+    assert default_configurations(["threads"], ["pbkdf2"], None, 2, 4.0, tls_workers=2)[-1].workers == 1  # no --tls
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--tls"], 2 if (os.cpu_count() or 1) >= 2 else 0), (["--tls", "--tls-workers", "0"], 0),
+    (["--tls", "--tls-workers", "4"], 4), ([], 0),
+])
+def test_tls_workers_option(argv: list[str], expected: int) -> None:
+    """--tls-workers: 2 by default with --tls on 2 or more CPUs (0 on one), as given otherwise; none without --tls."""
+    from loadgen.cli import build_parser
+    from loadgen.commands.compare import tls_workers
+
+    assert tls_workers(build_parser().parse_args(["compare", "--out-dir", "x", *argv])) == expected
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--tls", "--tls-workers", "1"], "loadgen: --tls-workers must be 0 (none) or at least 2, got 1\n"),
+    (["--tls", "--tls-workers", "-2"], "loadgen: --tls-workers must be 0 (none) or at least 2, got -2\n"),
+    (["--tls-workers", "2"], "loadgen: --tls-workers has no use without --tls\n"),
+])
+def test_tls_workers_bad_is_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    from loadgen import cli
+
+    assert cli.main(["compare", "--out-dir", "x", *argv]) == 2
+    assert capsys.readouterr().err == message
+
+
 def _tls_entry(name: str, tls: bool, knee: float | None, cpu_ms: float, handshake_ms: float | None,
-               accepted: float, done: float) -> dict[str, Any]:
+               accepted: float, done: float, workers: int = 1) -> dict[str, Any]:
     first = step_with(100.0, 100.0, 5.0, 8.0, server={"reactor_cpu_ms_per_request": cpu_ms},
                       tls_handshake_ms=summary(handshake_ms, 2 * handshake_ms) if handshake_ms else None)
     second = step_with(200.0, 150.0, 50.0, 800.0, server={"reactor_cpu_ms_per_request": 9.9})
     overload = step_with(300.0, 120.0, 300.0, 900.0, server={"accepted_per_s": accepted, "done_per_s": done})
     return {"name": name, "dispatch": "threads", "work_kind": "pbkdf2", "connection": "close", "tls": tls,
-            "pool_size": 2, "work_ms": 4.0, "ceiling_rps": 500.0, "knee_rps": knee, "result": make_run([second, first]).to_dict(), "overload": overload.to_dict(),
-            "error": None}
+            "workers": workers, "pool_size": 2, "work_ms": 4.0, "ceiling_rps": 500.0, "knee_rps": knee,
+            "result": make_run([second, first]).to_dict(), "overload": overload.to_dict(), "error": None}
 
 
 def test_the_compare_report_sets_tls_beside_plain_close() -> None:
@@ -365,6 +407,42 @@ def test_the_compare_report_sets_tls_beside_plain_close() -> None:
     assert "+1.200 ms" in text and "accepted 290.0 connections/s and completed 140.0/s" in text
     assert tls_lines({"configurations": document["configurations"][:1]}) == []
     assert "Connection: close over TLS" in build_report({**document, "machine": {}, "settings": {}})
+    assert "These are one reactor's figures; `--tls-workers N` repeats one of them" in text
+
+
+def test_the_compare_report_sets_tls_over_workers_beside_one_reactor() -> None:
+    """A --workers TLS configuration: its row beside the plain twin like any TLS one, and a sentence setting its
+    knee, handshake and accepted against done beside the one-reactor TLS configuration's; no reactor-model row."""
+    document = {"configurations": [
+        _tls_entry("threads-pbkdf2-close", False, 400.0, 0.4, None, 250.0, 240.0),
+        # listed before its one-reactor twin, which must still be the one it is set beside
+        _tls_entry("threads-pbkdf2-close-tls-workers2", True, 300.0, 1.7, 0.8, 310.0, 280.0, workers=2),
+        _tls_entry("threads-pbkdf2-close-tls", True, 200.0, 1.6, 1.5, 290.0, 140.0),
+    ]}
+    lines = tls_lines(document)
+    row = next(line for line in lines if line.startswith("| threads-pbkdf2-close-tls-workers2"))
+    assert [c.strip() for c in row.strip("|").split("|")] == [
+        "threads-pbkdf2-close-tls-workers2", "400.0", "300.0", "0.75", "0.80", "1.60", "0.400", "1.700", "310.0",
+        "280.0"]
+    bullets = [line[2:] for line in lines if line.startswith("- ")]
+    assert bullets[0] == (
+        "**threads** (pbkdf2) over TLS with `--workers 2`: knee 300.0 rps against 400.0 rps over plain TCP; the "
+        "reactor threads spent 1.700 ms of CPU per request against 0.400 ms (+1.300 ms: the handshake's share, off "
+        "the accepting thread's budget). At 300.0 rps offered it accepted 310.0 connections/s and completed "
+        "280.0/s.")
+    assert bullets[1] == (
+        "With `--workers 2` (2 reactors sharing the port, each accepting and doing the handshakes of its share of "
+        "the connections, the same 2 pool threads split between them): knee 300.0 rps against 200.0 rps with one "
+        "reactor (threads-pbkdf2-close-tls); handshake p50 0.80 ms against 1.50 ms, p99 1.60 against 3.00 ms; at "
+        "overload it accepted 310.0 connections/s and completed 280.0/s, one reactor 290.0 and 140.0/s.")
+    assert bullets[2].startswith("**threads** (pbkdf2) over TLS: knee 200.0 rps") and len(bullets) == 4
+    assert bullets[3].startswith("A configuration ending `-workersN` ran dataserv `--workers N` on the `ssl:` "
+                                 "endpoint") and "up to a second old" in bullets[3]
+    assert not [b for b in bullets if "takes `tcp:` endpoints only" in b]
+    from loadgen.lib.reactor_model import model_rows, reactor_model_lines
+
+    assert [r["name"] for r in model_rows(document)] == ["threads-pbkdf2-close", "threads-pbkdf2-close-tls"]
+    assert "threads-pbkdf2-close-tls-workers2" not in "\n".join(reactor_model_lines(document))
 
 
 @pytest.mark.slow
@@ -373,18 +451,24 @@ def test_a_short_real_compare_with_tls(tmp_path: Path) -> None:
     with one handshake per request; the report's TLS section; no server left running."""
     out = tmp_path / "cmp"
     result = loadgen("compare", "--dispatch", "threads", "--work-kind", "pbkdf2", "--connection", "close", "--tls",
-                     "--work-ms", "2", "--pool-size", "2", "--fractions", "0.2", "--step-duration", "1s",
-                     "--overload", "0.5", "--overload-duration", "1s", "--refine", "0", "--out-dir", str(out),
-                     "--quiet", check=False)
+                     "--tls-workers", "2", "--work-ms", "2", "--pool-size", "2", "--fractions", "0.2",
+                     "--step-duration", "1s", "--overload", "0.5", "--overload-duration", "1s", "--refine", "0",
+                     "--overload-policies", "none", "--out-dir", str(out), "--quiet", check=False)
     assert result.returncode == 0, result.stderr
     entries = {e["name"]: e for e in json.loads((out / "results.json").read_text())["configurations"]}
-    assert set(entries) == {"threads-pbkdf2-close", "threads-pbkdf2-close-tls"}
+    assert set(entries) == {"threads-pbkdf2-close", "threads-pbkdf2-close-tls", "threads-pbkdf2-close-tls-workers2"}
     tls, plain = entries["threads-pbkdf2-close-tls"], entries["threads-pbkdf2-close"]
     assert tls["tls"] is True and plain["tls"] is False and tls["error"] is None and tls["exit_code"] == 0
-    step = tls["result"]["steps"][0]
-    assert step["errors"] == {} and step["ok"] > 0 and tls["result"]["target"].startswith("https://localhost:")
-    assert handshakes(step) == step["requests"] and "tls_handshake_ms" not in plain["result"]["steps"][0]
-    assert step["server"]["accepted_per_s"] is not None  # scraped over the plain port
+    for entry in (tls, entries["threads-pbkdf2-close-tls-workers2"]):
+        step = entry["result"]["steps"][0]
+        assert step["errors"] == {} and step["ok"] > 0 and entry["result"]["target"].startswith("https://localhost:")
+        assert handshakes(step) == step["requests"] and "tls_handshake_ms" not in plain["result"]["steps"][0]
+        assert step["server"]["accepted_per_s"] is not None  # scraped over the plain port
+    many = entries["threads-pbkdf2-close-tls-workers2"]
+    assert (many["workers"], tls["workers"], many["pool_size"], many["error"], many["exit_code"]) == (2, 1, 2, None, 0)
+    assert many["ceiling_rps"] == tls["ceiling_rps"] and many["work_iterations"] == plain["work_iterations"]
     assert (out / "tls" / "ca.pem").exists()
-    assert "## Connection: close over TLS" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "## Connection: close over TLS" in report and "With `--workers 2` (2 reactors sharing the port" in report
+    assert_documented(json.loads((out / "results.json").read_text()), "compare")
     assert str(out) not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout

@@ -34,6 +34,10 @@ def configure(compare: argparse.ArgumentParser) -> None:
                          help="also Connection: close over HTTPS (dataserv's ssl: endpoint with a certificate made "
                               "in DIR/tls, verified), for each dispatch and work kind with a close configuration: "
                               "every request a TLS handshake on the accepting thread")
+    compare.add_argument("--tls-workers", type=int, metavar="N",
+                         help="with --tls, one TLS configuration (threads and pbkdf2 first) again with dataserv "
+                              "--workers N, the pool split between them: handshakes and accepting on N reactors "
+                              f"(default {_default_tls_workers()} here: 2 on 2 or more CPUs, else 0; 0: none)")
     compare.add_argument("--work-ms", type=float, default=4.0, help="CPU time per request (default 4)")
     compare.add_argument("--pool-size", type=int, default=os.cpu_count() or 1, help="default: the CPU count")
     compare.add_argument("--fractions", default=",".join(f"{f:g}" for f in DEFAULT_FRACTIONS),
@@ -65,6 +69,21 @@ def configure(compare: argparse.ArgumentParser) -> None:
                          help="extra option for every dataserv started, e.g. --server-arg=--max-queue=0; repeatable")
     compare.add_argument("--out-dir", required=True, metavar="DIR")
     compare.add_argument("--quiet", action="store_true")
+
+
+def _default_tls_workers() -> int:
+    return 2 if (os.cpu_count() or 1) >= 2 else 0
+
+
+def tls_workers(args: argparse.Namespace) -> int:
+    """``--tls-workers``, checked: 0 or at least 2, and only with ``--tls``; its default where not given."""
+    if args.tls_workers is None:
+        return _default_tls_workers() if args.tls else 0
+    if not args.tls:
+        raise UsageError("--tls-workers has no use without --tls")
+    if args.tls_workers < 0 or args.tls_workers == 1:
+        raise UsageError(f"--tls-workers must be 0 (none) or at least 2, got {args.tls_workers}")
+    return args.tls_workers
 
 
 def _csv(text: str, flag: str, allowed: tuple[str, ...]) -> list[str]:
@@ -108,7 +127,8 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"--work-ms must be a positive number, got {args.work_ms:g}")
     _common.positive_int("--pool-size", args.pool_size)
     chosen = settings(args)
-    configs = default_configurations(dispatches, kinds, connections, args.pool_size, args.work_ms, tls=args.tls)
+    configs = default_configurations(dispatches, kinds, connections, args.pool_size, args.work_ms, tls=args.tls,
+                                     tls_workers=tls_workers(args))
     for config in configs:
         config.extra_args = list(args.server_arg)
     try:
@@ -126,7 +146,7 @@ def main(args: argparse.Namespace) -> int:
     for row in knee_rows(document):
         knee = f"{row['knee_rps']:.1f}" if row["knee_rps"] else "-"
         status = f"  FAILED: {row['error']}" if row["error"] else ""
-        sys.stdout.write(f"{row['name']:<28} ceiling {row['ceiling_rps']:8.1f}  knee {knee:>8}{status}\n")
+        sys.stdout.write(f"{row['name']:<34} ceiling {row['ceiling_rps']:8.1f}  knee {knee:>8}{status}\n")
     sys.stdout.write("wrote " + ", ".join(str(p) for p in paths) + "\n")
     failed = [e for e in document["configurations"] if e.get("error")]
     return EXIT_ERROR if failed and len(failed) == len(document["configurations"]) else 0

@@ -67,15 +67,18 @@ class ChildServer:
     """A server process on loopback: its command line, where its output goes, and how to find its port.
 
     Either ``port`` is known in advance, or the ports are read from ``log``
-    with ``listening`` (group 1 of each match, in order; the first is the
-    one ``url`` uses).  Ready means ``GET ready_path`` answered 200.  The
+    with ``listening`` (group 1 of each match, in order, each port once; the
+    first is the one ``url`` uses), each announced ``announcements`` times
+    before it counts (dataserv ``--workers N``: once by each worker, as its
+    own socket on the port listens).  Ready means ``GET ready_path`` answered 200.  The
     process runs in its own session, so stopping it also removes what it
     started (dataserv's process pool).
     """
 
     def __init__(self, argv: Sequence[str], *, port: int | None = None, log: Path | None = None,
-                 listening: re.Pattern[str] | None = None, ports_needed: int = 1, output: Path | None = None,
-                 ready_path: str = "/healthz", cwd: str | os.PathLike[str] | None = None) -> None:
+                 listening: re.Pattern[str] | None = None, ports_needed: int = 1, announcements: int = 1,
+                 output: Path | None = None, ready_path: str = "/healthz",
+                 cwd: str | os.PathLike[str] | None = None) -> None:
         if port is None and (log is None or listening is None):
             raise ValueError("a child server needs a port, or a log and a pattern to read its ports from")
         self.argv = list(argv)
@@ -83,6 +86,7 @@ class ChildServer:
         self.log = log
         self.listening = listening
         self.ports_needed = ports_needed
+        self.announcements = announcements
         self.output = output  # stdout and stderr (option errors come before any log); None: discarded
         self.ready_path = ready_path
         self.cwd = cwd
@@ -111,8 +115,11 @@ class ChildServer:
         if len(self.ports) >= self.ports_needed:
             return True
         assert self.listening is not None
-        ports = [int(m.group(1)) for m in self.listening.finditer(_read(self.log))]
-        if len(ports) >= self.ports_needed:
+        announced = [int(m.group(1)) for m in self.listening.finditer(_read(self.log))]
+        # In the order first announced: each worker announces its ports in the order it was given them.
+        ports = list(dict.fromkeys(announced))
+        if len(ports) >= self.ports_needed and all(
+                announced.count(port) >= self.announcements for port in ports[:self.ports_needed]):
             self.ports = ports
             return True
         return False

@@ -8,7 +8,9 @@ accepted connection, as in the original experiment), stops the server with
 SIGTERM and checks that it and its helpers are gone.  A TLS configuration
 (``--tls``) sweeps ``Connection: close`` over HTTPS (dataserv's ``ssl:``
 endpoint, a certificate made for the run, verified by loadgen), so every
-request pays a handshake on the accepting thread.  Then, for threads
+request pays a handshake on the accepting thread; with ``tls_workers``, one
+of them again on dataserv ``--workers N``, the handshakes spread over N
+reactors (:func:`workers_twin`).  Then, for threads
 dispatch (one configuration: :func:`policy_configuration`), each
 ``--overload-policy`` of ``overload_policies`` gets a server of its own with
 a short queue (``policy_server_args``), which takes the same overload step
@@ -61,29 +63,46 @@ class Configuration:
     work_ms: float
     extra_args: list[str] = field(default_factory=list)
     tls: bool = False  # the load over HTTPS (dataserv's ssl: endpoint)
+    # dataserv --workers: reactor processes sharing the ports, pool_size split between them
+    workers: int = 1
 
     @property
     def name(self) -> str:
-        return f"{self.dispatch}-{self.work_kind}-{self.connection}" + ("-tls" if self.tls else "")
+        return (f"{self.dispatch}-{self.work_kind}-{self.connection}" + ("-tls" if self.tls else "")
+                + (f"-workers{self.workers}" if self.workers > 1 else ""))
+
+    @property
+    def worker_pool_size(self) -> int:
+        """Each worker's pool: ``pool_size`` split between the workers (at least 1 each)."""
+        return max(1, self.pool_size // self.workers)
+
+    @property
+    def threads(self) -> int:
+        """Threads (or processes) doing the work, over every worker: inline, each reactor does its own."""
+        return self.workers * (1 if self.dispatch == "inline" else self.worker_pool_size)
 
     @property
     def ceiling_rps(self) -> float:
         """pool size / work time: what the workers could do with no overhead at all."""
-        workers = 1 if self.dispatch == "inline" else self.pool_size
-        return workers * 1000.0 / self.work_ms
+        return self.threads * 1000.0 / self.work_ms
 
     def server_args(self) -> list[str]:
-        return ["--dispatch", self.dispatch, "--work-kind", self.work_kind, "--pool-size", str(self.pool_size),
-                "--work-ms", f"{self.work_ms:g}", *self.extra_args]
+        workers = ["--workers", str(self.workers)] if self.workers > 1 else []
+        return ["--dispatch", self.dispatch, "--work-kind", self.work_kind, "--pool-size",
+                str(self.worker_pool_size), *workers, "--work-ms", f"{self.work_ms:g}", *self.extra_args]
 
 
 def default_configurations(dispatches: list[str], kinds: list[str], connections: list[str] | None,
-                           pool_size: int, work_ms: float, tls: bool = False) -> list[Configuration]:
+                           pool_size: int, work_ms: float, tls: bool = False,
+                           tls_workers: int = 0) -> list[Configuration]:
     """Every dispatch x kind with keep-alive; ``Connection: close`` too for pbkdf2 inline and threads.
 
     An explicit ``connections`` list applies to every configuration.  With
     ``tls``, each dispatch x kind that has a ``close`` configuration (every
-    one, if none has) gets a ``close`` over TLS one too, after all the others.
+    one, if none has) gets a ``close`` over TLS one too, after all the others;
+    with ``tls_workers`` N (2 or more), one of those (threads and pbkdf2
+    first) is repeated last with ``--workers N`` and the same pool threads in
+    all, split between the workers (:func:`workers_twin`).
     """
     configs = []
     for dispatch in dispatches:
@@ -100,7 +119,16 @@ def default_configurations(dispatches: list[str], kinds: list[str], connections:
         pairs = list(dict.fromkeys((c.dispatch, c.work_kind) for c in configs if c.connection == "close"))
         pairs = pairs or list(dict.fromkeys((c.dispatch, c.work_kind) for c in configs))
         configs += [Configuration(dispatch, kind, "close", pool_size, work_ms, tls=True) for dispatch, kind in pairs]
+        if tls_workers > 1:
+            configs.append(workers_twin([c for c in configs if c.tls], tls_workers))
     return configs
+
+
+def workers_twin(tls_configs: list[Configuration], workers: int) -> Configuration:
+    """The TLS configuration to repeat with ``--workers``: threads dispatch and pbkdf2 preferred (the work that
+    leaves the reactors most to themselves), else the first; one only, about 25 s of compare's time."""
+    chosen = min(tls_configs, key=lambda c: (c.dispatch != "threads", c.work_kind != "pbkdf2"))
+    return replace(chosen, workers=workers)
 
 
 @dataclass
@@ -194,7 +222,8 @@ def dataserv_child(config: Configuration, log_dir: Path, cpus: str | None = None
     argv = dataserv_argv(config.server_args(), logfile=log, listen=listen)
     if cpus is not None:
         argv = ["taskset", "-c", cpus, *argv]
-    return ChildServer(argv, log=log, listening=DATASERV_LISTENING, ports_needed=2,
+    # With --workers, each worker announces each port once its own socket on it listens.
+    return ChildServer(argv, log=log, listening=DATASERV_LISTENING, ports_needed=2, announcements=config.workers,
                        output=log_dir / f"{name}.out", ready_path="/readyz")
 
 
@@ -219,8 +248,8 @@ async def run_configuration(reactor: Any, config: Configuration, settings: Setti
     """Start, sweep, overload and stop one configuration; answer its entry of results.json."""
     entry: dict[str, Any] = {
         "name": config.name, "dispatch": config.dispatch, "work_kind": config.work_kind,
-        "connection": config.connection, "tls": config.tls,
-        "pool_size": 1 if config.dispatch == "inline" else config.pool_size,
+        "connection": config.connection, "tls": config.tls, "workers": config.workers,
+        "pool_size": config.threads,
         "work_ms": config.work_ms, "ceiling_rps": config.ceiling_rps, "knee_rps": None, "result": None,
         "overload": None, "error": None, "exit_code": None,
     }

@@ -393,10 +393,49 @@ TLS_INTRO = (
 )
 
 
+def _workers(entry: dict[str, Any] | None) -> int:
+    """dataserv's ``--workers`` for an entry (1 in files written before compare had it)."""
+    return (entry or {}).get("workers") or 1
+
+
 def _plain_twin(entry: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The plain-TCP ``close`` configuration of a TLS entry's dispatch and work kind."""
+    """The plain-TCP ``close`` configuration (one reactor) of a TLS entry's dispatch and work kind."""
     return next((e for e in entries if not e.get("tls") and e["dispatch"] == entry["dispatch"]
-                 and e["work_kind"] == entry["work_kind"] and e["connection"] == "close"), None)
+                 and e["work_kind"] == entry["work_kind"] and e["connection"] == "close" and _workers(e) == 1), None)
+
+
+def _one_reactor_twin(entry: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The one-reactor TLS configuration of a ``--workers`` TLS entry's dispatch and work kind."""
+    return next((e for e in entries if e.get("tls") and _workers(e) == 1 and e["dispatch"] == entry["dispatch"]
+                 and e["work_kind"] == entry["work_kind"]), None)
+
+
+def _overload_server(entry: dict[str, Any] | None) -> dict[str, Any]:
+    return ((entry or {}).get("overload") or {}).get("server") or {}
+
+
+def _workers_sentence(entry: dict[str, Any], single: dict[str, Any] | None) -> str:
+    """How ``--workers N`` changed TLS against one reactor: the knee, the handshake, accepted against done."""
+    n = _workers(entry)
+    work = ("each running the work itself" if entry["dispatch"] == "inline" else
+            f"the same {entry.get('pool_size')} pool threads split between them")
+    sentence = (f"With `--workers {n}` ({n} reactors sharing the port, each accepting and doing the handshakes of "
+                f"its share of the connections, {work})")
+    if single is None:
+        return sentence + ": no one-reactor TLS configuration to set it beside."
+    parts = [f"knee {_fmt(entry.get('knee_rps'))} rps against {_fmt(single.get('knee_rps'))} rps with one reactor "
+             f"({single['name']})"]
+    many, one = _first_step(entry).get("tls_handshake_ms") or {}, _first_step(single).get("tls_handshake_ms") or {}
+    if many.get("p50") is not None and one.get("p50") is not None:
+        parts.append(f"handshake p50 {_fmt(many['p50'], 2)} ms against {_fmt(one['p50'], 2)} ms, p99 "
+                     f"{_fmt(many.get('p99'), 2)} against {_fmt(one.get('p99'), 2)} ms")
+    server, server1 = _overload_server(entry), _overload_server(single)
+    if None not in (server.get("accepted_per_s"), server.get("done_per_s"), server1.get("accepted_per_s"),
+                    server1.get("done_per_s")):
+        parts.append(f"at overload it accepted {_fmt(server['accepted_per_s'])} connections/s and completed "
+                     f"{_fmt(server['done_per_s'])}/s, one reactor {_fmt(server1['accepted_per_s'])} and "
+                     f"{_fmt(server1['done_per_s'])}/s")
+    return sentence + ": " + "; ".join(parts) + "."
 
 
 def _first_step(entry: dict[str, Any] | None) -> dict[str, Any]:
@@ -432,20 +471,30 @@ def tls_lines(document: dict[str, Any]) -> list[str]:
         if entry.get("error") and knee is None:
             bullets.append(f"{entry['name']}: failed: {entry['error']}")
             continue
-        sentence = f"**{entry['dispatch']}** ({entry['work_kind']}) over TLS: " + (
-            f"knee {_fmt(knee)} rps" if knee else "no knee (no step kept up within the p99 limit)")
+        many = _workers(entry) > 1
+        sentence = (f"**{entry['dispatch']}** ({entry['work_kind']}) over TLS"
+                    + (f" with `--workers {_workers(entry)}`" if many else "") + ": "
+                    + (f"knee {_fmt(knee)} rps" if knee else "no knee (no step kept up within the p99 limit)"))
         sentence += f" against {_fmt(plain_knee)} rps over plain TCP" if plain_knee else ""
         if cpu_plain is not None and cpu_tls is not None:
-            sentence += (f"; the reactor thread spent {cpu_tls:.3f} ms of CPU per request against {cpu_plain:.3f} ms"
-                         f" ({cpu_tls - cpu_plain:+.3f} ms: the handshake's share, off the accepting thread's "
-                         "budget)")
+            sentence += (f"; the reactor thread{'s' if many else ''} spent {cpu_tls:.3f} ms of CPU per request "
+                         f"against {cpu_plain:.3f} ms ({cpu_tls - cpu_plain:+.3f} ms: the handshake's share, off the "
+                         "accepting thread's budget)")
         accepted, done = server.get("accepted_per_s"), server.get("done_per_s")
         if accepted is not None and done is not None:
             sentence += (f". At {_fmt(overload.get('offered_rps'))} rps offered it accepted {_fmt(accepted)} "
                          f"connections/s and completed {_fmt(done)}/s")
         bullets.append(sentence + ".")
-    bullets.append("`--workers` (several reactors sharing the port) takes `tcp:` endpoints only, so these are one "
-                   "reactor's figures.")
+        if many:
+            bullets.append(_workers_sentence(entry, _one_reactor_twin(entry, entries)))
+    if any(_workers(e) > 1 for e in tls):
+        bullets.append("A configuration ending `-workersN` ran dataserv `--workers N` on the `ssl:` endpoint: N "
+                       "reactor processes, each listening on its own socket on the port (SO_REUSEPORT) and doing "
+                       "the TLS of the connections the kernel gives it. Its server figures are summed over the "
+                       "workers, whose siblings' series are up to a second old; the other rows are one reactor's.")
+    else:
+        bullets.append("These are one reactor's figures; `--tls-workers N` repeats one of them with dataserv "
+                       "`--workers N`, the handshakes spread over N reactors.")
     return lines + [""] + [f"- {b}" for b in bullets]
 
 

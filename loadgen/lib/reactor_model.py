@@ -88,9 +88,12 @@ def generator_ms_per_request(entry: dict[str, Any]) -> float | None:
 def model_rows(document: dict[str, Any], *, shared_core: bool = False) -> list[dict[str, Any]]:
     """One row per configuration: cores, w, r, the predicted knee, w / r and the measured knee (None: unknown).
     ``shared_core``: one pool core is also the reactor's and the generator's (``g`` from the result's own
-    generator CPU; unknown without it)."""
+    generator CPU; unknown without it).  A ``--workers`` configuration has several reactors: not this model's,
+    so it has no row."""
     rows = []
     for entry in document.get("configurations", []):
+        if (entry.get("workers") or 1) > 1:
+            continue
         cores = effective_cores(entry["dispatch"], entry["work_kind"], entry.get("pool_size") or 1)
         work_ms, r = entry.get("work_ms"), reactor_ms_per_request(entry)
         g = generator_ms_per_request(entry) if shared_core else None
