@@ -84,7 +84,7 @@ class DataApp:
         return FastKleinResource(self.app)
 
     def refuse(self, request: IRequest) -> str | None:
-        """Why a request cannot be routed now (``draining``, ``queue_full``), or None.
+        """Why a request cannot be routed now (``draining``, ``queue_timeout``, ``queue_full``), or None.
 
         The site asks this of every request before routing it, so that the
         answer an overloaded server gives most is the cheapest one
@@ -92,12 +92,18 @@ class DataApp:
         for ``queue_full`` under ``--overload-policy pause``, so that the
         request is parked until the queue has room.  It answers for ``/data``
         only; the other routes are served while overloaded.  A full queue is
-        refused before ``?work_ms=`` is checked.
+        refused before ``?work_ms=`` is checked.  A request whose bytes waited
+        in the kernel's accept queue longer than ``--queue-timeout-ms`` (the
+        ``pause`` policy leaves new connections there) is ``queue_timeout``
+        at once: its client has waited as long as the queue would have let it.
         """
         if request.path != b"/data" or request.method not in (b"GET", b"HEAD"):
             return None
+        timeout = self.dispatcher.queue_timeout
         if self.draining:
             reason = "draining"
+        elif timeout and getattr(request, "accept_wait", 0.0) > timeout:
+            reason = "queue_timeout"  # it waited out the queue timeout in the kernel's accept queue already
         elif self.queue_full():
             reason = "queue_full"
         else:
@@ -118,7 +124,7 @@ class DataApp:
             return _plain(request, 400, str(e))
         calibration = self.calibration
         iterations = calibration.iterations if work_ms is None else calibration.iterations_for(work_ms)
-        d = self.dispatcher.submit(calibration.kind, iterations)
+        d = self.dispatcher.submit(calibration.kind, iterations, waited=getattr(request, "accept_wait", 0.0))
         d.addCallback(self._digest, request)
         return d
 

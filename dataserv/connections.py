@@ -12,6 +12,10 @@ events anyway (request head complete, request done, headers written).
 
 from __future__ import annotations
 
+import fcntl
+import socket
+import struct
+import termios
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,6 +26,36 @@ from twisted.web.http import HTTPChannel
 
 from dataserv import _compat
 from dataserv.overload import AcceptGate
+
+# Linux's struct tcp_info: tcpi_last_data_recv, milliseconds since the connection's last data arrived (or
+# since it was established when none has), a u32 at byte 52 of the struct, stable since Linux 2.6.
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+_TCP_INFO_SIZE, _LAST_DATA_RECV = 104, 52
+
+
+def accept_queue_wait(transport: Any) -> float:
+    """How long the bytes waiting on a just-accepted connection have been there, in seconds: the time its
+    first request spent in the kernel's accept queue (``--overload-policy pause`` leaves connections there
+    on purpose).  0.0 when nothing is waiting yet, or where it cannot be read (not Linux TCP).
+
+    Deliberately not a Twisted mechanism: Twisted has no notion of when an accepted connection arrived,
+    and the kernel's ``TCP_INFO`` is the one place that knows.  Two system calls per connection
+    (one when the wait is under a millisecond).
+    """
+    if _TCP_INFO is None:
+        return 0.0
+    try:
+        sock = transport.getHandle()
+        waited_ms = struct.unpack_from("I", sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_SIZE),
+                                       _LAST_DATA_RECV)[0]
+        if waited_ms == 0:
+            return 0.0
+        # tcpi_last_data_recv counts from the handshake when no data came: only bytes waiting to be read
+        # make it the request's wait (a client may connect well before it sends).
+        pending = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+    except Exception:  # best effort: a transport without a socket (TLS's memory BIO, a test's), a closed one
+        return 0.0
+    return waited_ms / 1000.0 if pending > 0 else 0.0
 
 
 class DataChannel(HTTPChannel):
@@ -45,10 +79,14 @@ class DataChannel(HTTPChannel):
     _head_since: float | None = None  # first byte of a request head not yet complete
     _body_since: float | None = None  # head complete, body not yet
     _last_seen = 0.0  # last byte received or response finished
+    # How long the first request's bytes waited in the kernel's accept queue (accept_queue_wait), taken
+    # by that request (MeteredRequest.process) and 0.0 after it.
+    accept_wait = 0.0
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self._last_seen = self.site.seconds()
+        self.accept_wait = accept_queue_wait(self.transport)
         self.site.channel_made(self)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]

@@ -113,15 +113,16 @@ class Dispatcher(Service):
         """Whether a submission now would fail with ``queue_full``."""
         return bool(self.max_queue) and self.outstanding - self.size >= self.max_queue
 
-    def submit(self, kind: str, iterations: int) -> Deferred[WorkDone]:
-        """Queue one item of work; the Deferred fires with its digest and timing."""
+    def submit(self, kind: str, iterations: int, waited: float = 0.0) -> Deferred[WorkDone]:
+        """Queue one item of work; the Deferred fires with its digest and timing.  ``waited``: seconds the
+        request waited before it reached the server (the kernel's accept queue), taken off its queue timeout."""
         if self.full():
             return fail(Overloaded("queue_full"))
         self.submitted += 1
         if self.on_depth is not None:
             self.on_depth(self.outstanding - self.size)
         submitted = time.monotonic()
-        deadline = submitted + self.queue_timeout if self.queue_timeout else 0.0
+        deadline = submitted - waited + self.queue_timeout if self.queue_timeout else 0.0
         return self._submit(kind, iterations, submitted, deadline)
 
     def _submit(self, kind: str, iterations: int, submitted: float, deadline: float) -> Deferred[str]:

@@ -125,7 +125,8 @@ class Metrics:
         )
         # Observed on the reactor thread for every request: see ReactorHistogram.
         self.request_duration = self._reactor_histogram(
-            "request_duration_seconds", "Request received to response finished.", ["route"]
+            "request_duration_seconds",
+            "Request received (its wait in the kernel's accept queue included) to response finished.", ["route"]
         )
         self.work_duration = self._reactor_histogram("work_duration_seconds", "Time inside the CPU work.")
         self.work_queue_wait = self._reactor_histogram(

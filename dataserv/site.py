@@ -51,8 +51,12 @@ class MeteredRequest(Request):
 
     # The matched route template (set by the app).
     route: str = UNMATCHED_ROUTE
-    # When the head and body were in (the site's clock).
+    # When the head and body were in (the site's clock); for a connection's first request, less the time
+    # its bytes waited in the kernel's accept queue (``accept_wait``).
     received: float = 0.0
+    # Seconds this request's bytes waited in the kernel's accept queue before the connection was accepted
+    # (DataChannel.accept_wait: its connection's first request only; 0.0 for the others).
+    accept_wait: float = 0.0
     # The Deferred the response waits for (set by the fast render path); cancelled if the client goes away.
     pendingWork: Deferred[Any] | None = None
     # Work submitted to work started, seconds, when the request ran work (for the access log).
@@ -69,8 +73,12 @@ class MeteredRequest(Request):
 
     def process(self) -> None:
         # The head (and body) has arrived: this is "request received".
-        site = self._data_site = self.channel.site
-        self.received = site.seconds()
+        channel = self.channel
+        site = self._data_site = channel.site
+        waited = self.accept_wait = getattr(channel, "accept_wait", 0.0)
+        if waited:
+            channel.accept_wait = 0.0  # the first request's only
+        self.received = site.seconds() - waited
         self._counted = True
         site.in_flight += 1
         refuse = site.refuse

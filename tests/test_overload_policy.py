@@ -394,6 +394,36 @@ def test_pause_stops_accepting_at_the_high_mark_and_serves_every_waiting_connect
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_connection_that_waited_out_the_queue_timeout_in_the_kernel_is_shed_at_once(held_work) -> None:
+    """--overload-policy pause, pool 1, --max-queue 1, --queue-timeout-ms 300, the work held (one running, one
+    queued, which waits out its timeout in the queue): with accepting paused, a request whose bytes waited 0.6 s in the kernel's accept queue is answered 503 queue_timeout as
+    soon as it is accepted (its client has waited the whole timeout already; it is never queued), while one
+    that waited a moment is served 200. Without counting the accept queue's wait, both would be 200 after
+    0.6 s or more: the admitted latency the pause policy would otherwise leave unbounded."""
+    root, port = _start("--overload-policy", "pause", "--pool-size", "1", "--max-queue", "1",
+                        "--queue-low-water", "0", "--queue-timeout-ms", "300")
+    try:
+        first = [threads.deferToThread(_close_get, port) for _ in range(2)]  # one running, one queued
+        assert (yield _until(root, "dataserv_accepting", 0)) == 0
+        late = threads.deferToThread(_close_get, port)
+        assert (yield _until(root, "dataserv_listen_backlog", 1, endpoint=f"127.0.0.1:{port}")) == 1
+        yield _sleep(0.6)
+        prompt = threads.deferToThread(_close_get, port)
+        assert (yield _until(root, "dataserv_listen_backlog", 2, endpoint=f"127.0.0.1:{port}")) == 2
+        held_work.release(100)
+        answers = yield gatherResults([*first, late, prompt])
+        codes = [a.split(b" ", 2)[1] for a in answers]
+        assert sorted(codes[:2]) == [b"200", b"503"], answers  # the queued one waited out its timeout there
+        assert answers[2] == _expected(b"queue timeout", close=True), answers[2]
+        assert codes[3] == b"200", answers[3]
+        assert _value(root, "dataserv_requests_shed_total", reason="queue_timeout") == 2
+        assert _value(root, "dataserv_work_duration_seconds_count") == 2  # the late one never ran
+    finally:
+        held_work.release(1000)
+        yield root.stopService()
+
+
+@pytest_twisted.inlineCallbacks
 def test_shed_answer_is_byte_for_byte_under_shed(held_work) -> None:
     """--overload-policy shed, queue full: the 503 is the documented bytes, Connection: close only when the
     client asked (the connection then closes; otherwise it stays open for the next request), and for
