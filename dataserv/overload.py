@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
 
 POLICIES = ("shed", "pause")
 
@@ -170,6 +170,17 @@ class QueuePause:
     bounds them; one that waited longer than ``timeout`` seconds
     (``--queue-timeout-ms``) by its turn is answered 503 ``queue_timeout``, as
     it would have been had it waited in the queue.
+
+    With a ``timeout``, a pause lasts at most that long: then the gate opens
+    although the queue is still full, the connections that waited in the
+    kernel's accept queue are accepted (their requests park behind the
+    others, or are answered 503 ``queue_timeout`` at once when their bytes
+    waited out the timeout there: ``connections.accept_queue_wait``), and
+    the next change of depth at the high mark pauses again.  So no
+    connection waits in the kernel longer than the timeout, and the accept
+    queue never fills (a full one drops SYNs: the client's connect then
+    waits for its retransmission, 1 s and more, a wait the server cannot
+    see or bound).  Without a timeout a pause lasts until the low mark.
     """
 
     def __init__(self, gate: AcceptGate, high: int, low: int, clock: IReactorTime, full: Callable[[], bool],
@@ -186,6 +197,7 @@ class QueuePause:
         self.parked: deque[Parked] = deque()
         self._queue_full = full
         self._replaying = False
+        self._bound: IDelayedCall | None = None  # ends a pause after ``timeout``
 
     def __call__(self, depth: int) -> None:
         self.depth = depth
@@ -200,11 +212,25 @@ class QueuePause:
     def _settle_gate(self) -> None:
         if self.paused:
             if self.depth <= self.low:
-                self.paused = False
-                self.gate.resume("queue")
+                self._open()
         elif self.depth >= self.high:
             self.paused = True
             self.gate.pause("queue")
+            if self.timeout:
+                self._bound = self.clock.callLater(self.timeout, self._pause_timed_out)
+
+    def _open(self) -> None:
+        self.paused = False
+        bound, self._bound = self._bound, None
+        if bound is not None and bound.active():
+            bound.cancel()
+        self.gate.resume("queue")
+
+    def _pause_timed_out(self) -> None:
+        """A pause has lasted ``timeout``: take in what waited in the kernel (see the class's docstring)."""
+        self._bound = None
+        if self.paused:
+            self._open()
 
     def full(self) -> bool:
         """Whether a ``/data`` request arriving now must park: the queue is full, or others are parked."""

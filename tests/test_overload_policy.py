@@ -393,23 +393,25 @@ def test_pause_stops_accepting_at_the_high_mark_and_serves_every_waiting_connect
         yield root.stopService()
 
 
+@pytest.mark.parametrize("policy", ["shed", "pause"])
 @pytest_twisted.inlineCallbacks
-def test_a_connection_that_waited_out_the_queue_timeout_in_the_kernel_is_shed_at_once(held_work) -> None:
-    """--overload-policy pause, pool 1, --max-queue 1, --queue-timeout-ms 300, the work held (one running, one
-    queued, which waits out its timeout in the queue): with accepting paused, a request whose bytes waited 0.6 s in the kernel's accept queue is answered 503 queue_timeout as
-    soon as it is accepted (its client has waited the whole timeout already; it is never queued), while one
-    that waited a moment is served 200. Without counting the accept queue's wait, both would be 200 after
-    0.6 s or more: the admitted latency the pause policy would otherwise leave unbounded."""
-    root, port = _start("--overload-policy", "pause", "--pool-size", "1", "--max-queue", "1",
-                        "--queue-low-water", "0", "--queue-timeout-ms", "300")
+def test_a_connection_that_waited_out_the_queue_timeout_in_the_kernel_is_shed_at_once(held_work, policy) -> None:
+    """Pool 1, --max-queue 1, --queue-timeout-ms 300, --max-connections 2, the work held (one running, one
+    queued, which waits out its timeout in the queue): with accepting paused (two connections open), a
+    request whose bytes waited 0.6 s in the kernel's accept queue is answered 503 queue_timeout as soon as it
+    is accepted (its client has waited the whole timeout already; it never reaches the queue), while one
+    that waited a moment is served 200. Without counting the accept queue's wait, both would be 200."""
+    root, port = _start("--overload-policy", policy, "--pool-size", "1", "--max-queue", "1",
+                        "--queue-low-water", "0", "--queue-timeout-ms", "300", "--max-connections", "2")
+    endpoint = f"127.0.0.1:{port}"
     try:
         first = [threads.deferToThread(_close_get, port) for _ in range(2)]  # one running, one queued
         assert (yield _until(root, "dataserv_accepting", 0)) == 0
         late = threads.deferToThread(_close_get, port)
-        assert (yield _until(root, "dataserv_listen_backlog", 1, endpoint=f"127.0.0.1:{port}")) == 1
+        assert (yield _until(root, "dataserv_listen_backlog", 1, endpoint=endpoint)) == 1
         yield _sleep(0.6)
         prompt = threads.deferToThread(_close_get, port)
-        assert (yield _until(root, "dataserv_listen_backlog", 2, endpoint=f"127.0.0.1:{port}")) == 2
+        assert (yield _until(root, "dataserv_listen_backlog", 2, endpoint=endpoint)) == 2
         held_work.release(100)
         answers = yield gatherResults([*first, late, prompt])
         codes = [a.split(b" ", 2)[1] for a in answers]
@@ -418,6 +420,38 @@ def test_a_connection_that_waited_out_the_queue_timeout_in_the_kernel_is_shed_at
         assert codes[3] == b"200", answers[3]
         assert _value(root, "dataserv_requests_shed_total", reason="queue_timeout") == 2
         assert _value(root, "dataserv_work_duration_seconds_count") == 2  # the late one never ran
+    finally:
+        held_work.release(1000)
+        yield root.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_pause_lasts_at_most_the_queue_timeout(held_work) -> None:
+    """--overload-policy pause, pool 1, --max-queue 1, --queue-timeout-ms 1000, the work held and never
+    released meanwhile: one second after the pause began, accepting is 1 again although the queue is still
+    full, and the connection that waited in the kernel is accepted (its request parked, not answered yet);
+    once the work is released it is served 200 (it waited 0.5 s in the kernel plus its parking, under the
+    timeout), while the item that sat in the queue the whole time is 503 queue_timeout."""
+    root, port = _start("--overload-policy", "pause", "--pool-size", "1", "--max-queue", "1",
+                        "--queue-low-water", "0", "--queue-timeout-ms", "1000")
+    endpoint = f"127.0.0.1:{port}"
+    try:
+        first = [threads.deferToThread(_close_get, port) for _ in range(2)]  # one running, one queued
+        assert (yield _until(root, "dataserv_accepting", 0)) == 0
+        accepted = _value(root, "dataserv_connections_accepted_total")
+        yield _sleep(0.5)
+        late = threads.deferToThread(_close_get, port)
+        assert (yield _until(root, "dataserv_listen_backlog", 1, endpoint=endpoint)) == 1
+        assert _value(root, "dataserv_accepting") == 0
+        assert (yield _until(root, "dataserv_accepting", 1)) == 1  # about 1 s after the pause began
+        assert _value(root, "dataserv_work_queue_depth") == 1  # still full: the pause timed out
+        assert (yield _until(root, "dataserv_connections_accepted_total", accepted + 1)) == accepted + 1
+        assert _value(root, "dataserv_listen_backlog", endpoint=endpoint) == 0
+        assert not late.called and _shed_total(root) == 0  # parked, not answered
+        held_work.release(100)
+        answers = yield gatherResults([*first, late])
+        codes = [a.split(b" ", 2)[1] for a in answers]
+        assert sorted(codes[:2]) == [b"200", b"503"] and codes[2] == b"200", answers
     finally:
         held_work.release(1000)
         yield root.stopService()
