@@ -124,7 +124,8 @@ class DataApp:
             return _plain(request, 400, str(e))
         calibration = self.calibration
         iterations = calibration.iterations if work_ms is None else calibration.iterations_for(work_ms)
-        d = self.dispatcher.submit(calibration.kind, iterations, waited=getattr(request, "accept_wait", 0.0))
+        # the queue timeout counts from the request's arrival: its wait in the kernel and any parking included
+        d = self.dispatcher.submit(calibration.kind, iterations, waited=getattr(request, "waited", 0.0))
         d.addCallback(self._digest, request)
         return d
 

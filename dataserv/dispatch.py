@@ -115,7 +115,7 @@ class Dispatcher(Service):
 
     def submit(self, kind: str, iterations: int, waited: float = 0.0) -> Deferred[WorkDone]:
         """Queue one item of work; the Deferred fires with its digest and timing.  ``waited``: seconds the
-        request waited before it reached the server (the kernel's accept queue), taken off its queue timeout."""
+        request waited before it was submitted (the kernel's accept queue, parking), taken off its queue timeout."""
         if self.full():
             return fail(Overloaded("queue_full"))
         self.submitted += 1

@@ -98,6 +98,11 @@ class MeteredRequest(Request):
         super().process()
 
     @property
+    def waited(self) -> float:
+        """Seconds since the request arrived (its wait in the kernel's accept queue and any parking included)."""
+        return self._data_site.seconds() - self.received
+
+    @property
     def gone(self) -> bool:
         """Answered already, or its client went away."""
         return bool(self.finished) or _compat.client_gone(self)

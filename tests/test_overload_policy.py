@@ -458,6 +458,36 @@ def test_a_pause_lasts_at_most_the_queue_timeout(held_work) -> None:
 
 
 @pytest_twisted.inlineCallbacks
+def test_parking_counts_against_the_queue_timeout(held_work) -> None:
+    """--overload-policy pause, pool 1, --max-queue 1, --queue-timeout-ms 600, the work held: a request
+    parked for 0.35 s on an open connection, then queued for 0.4 s more, has waited 0.75 s since it arrived
+    and is answered 503 queue_timeout when its turn comes, not run: the timeout counts from arrival, not
+    from when it left the park (which would allow 0.35 + 0.6 s)."""
+    root, port = _start("--overload-policy", "pause", "--pool-size", "1", "--max-queue", "1",
+                        "--queue-low-water", "0", "--queue-timeout-ms", "600")
+    kept = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        assert (yield _until(root, "dataserv_connections_open", 1)) == 1
+        first = [threads.deferToThread(_close_get, port) for _ in range(2)]  # one running, one queued
+        assert (yield _until(root, "dataserv_accepting", 0)) == 0
+        kept.sendall(_request(close=False))  # parked
+        yield _sleep(0.35)
+        held_work.release(1)  # the running one ends; the queued one runs; the parked one is queued
+        assert (yield _until(root, "dataserv_requests_total", 1, route="/data", method="GET", code="200")) == 1
+        assert (yield _until(root, "dataserv_work_queue_depth", 1)) == 1
+        yield _sleep(0.4)
+        held_work.release(100)
+        answers = yield gatherResults(first)
+        assert [a.split(b" ", 2)[1] for a in answers] == [b"200", b"200"], answers
+        parked = yield threads.deferToThread(_one_response, kept)
+        assert parked == _expected(b"queue timeout", close=False), parked
+    finally:
+        held_work.release(1000)
+        kept.close()
+        yield root.stopService()
+
+
+@pytest_twisted.inlineCallbacks
 def test_shed_answer_is_byte_for_byte_under_shed(held_work) -> None:
     """--overload-policy shed, queue full: the 503 is the documented bytes, Connection: close only when the
     client asked (the connection then closes; otherwise it stays open for the next request), and for
