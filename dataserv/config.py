@@ -105,6 +105,10 @@ OPTIONS: dict[str, tuple[str | None, Callable[[str, str], Any], str]] = {
     "queue-low-water": (None, _non_negative_int,
                         "With --overload-policy pause: resume accepting once this many work items or fewer "
                         "wait (default: half of --max-queue); below --max-queue."),
+    "max-pause-ms": ("0", _non_negative_float,
+                     "With --overload-policy pause: a pause lasts at most this long, then what waited in the "
+                     "kernel is accepted (503 at once if it waited past --queue-timeout-ms, else parked) and the "
+                     "next full queue pauses again; 0 = until --queue-low-water."),
     "max-connections": ("10000", _positive_int,
                         "Open connections at which the server stops accepting until one closes."),
     "idle-timeout": ("15", _non_negative_float, "Seconds before an idle keep-alive connection is closed."),

@@ -171,20 +171,26 @@ class QueuePause:
     (``--queue-timeout-ms``) by its turn is answered 503 ``queue_timeout``, as
     it would have been had it waited in the queue.
 
-    With a ``timeout``, a pause lasts at most that long: then the gate opens
-    although the queue is still full, the connections that waited in the
-    kernel's accept queue are accepted (their requests park behind the
-    others, or are answered 503 ``queue_timeout`` at once when their bytes
-    waited out the timeout there: ``connections.accept_queue_wait``), and
-    the next change of depth at the high mark pauses again.  So no
-    connection waits in the kernel longer than the timeout, and the accept
-    queue never fills (a full one drops SYNs: the client's connect then
-    waits for its retransmission, 1 s and more, a wait the server cannot
-    see or bound).  Without a timeout a pause lasts until the low mark.
+    With ``max_pause`` (``--max-pause-ms``), a pause lasts at most that long:
+    then the gate opens although the queue is still full, the connections
+    that waited in the kernel's accept queue are accepted (their requests
+    park behind the others, or are answered 503 ``queue_timeout`` at once
+    when their bytes waited out the timeout there:
+    ``connections.accept_queue_wait``), and the next change of depth at the
+    high mark pauses again.  So no connection waits in the kernel longer
+    than the bound, and the accept queue does not fill (a full one drops
+    SYNs: the client's connect then waits for its retransmission, 1 s and
+    more, a wait the server cannot see or bound) unless more than its size
+    arrives within the bound.  The price, measured (BENCHMARKS.md,
+    2026-12-06): each bound's burst of accepts costs the reactor at once, and
+    a retry storm (400 closed-loop clients, unpinned) kept 0.78-0.80 of the
+    knee's goodput with a bound of one to three queue timeouts, against
+    0.90-1.11 unbounded.  Without a bound (0, the default) a pause lasts
+    until the low mark.
     """
 
     def __init__(self, gate: AcceptGate, high: int, low: int, clock: IReactorTime, full: Callable[[], bool],
-                 timeout: float = 0.0) -> None:
+                 timeout: float = 0.0, max_pause: float = 0.0) -> None:
         if not 0 <= low < high:
             raise ValueError(f"need 0 <= low < high, got low {low}, high {high}")
         self.gate = gate
@@ -192,6 +198,7 @@ class QueuePause:
         self.low = low
         self.clock = clock
         self.timeout = timeout
+        self.max_pause = max_pause
         self.paused = False
         self.depth = 0
         self.parked: deque[Parked] = deque()
@@ -216,8 +223,8 @@ class QueuePause:
         elif self.depth >= self.high:
             self.paused = True
             self.gate.pause("queue")
-            if self.timeout:
-                self._bound = self.clock.callLater(self.timeout, self._pause_timed_out)
+            if self.max_pause:
+                self._bound = self.clock.callLater(self.max_pause, self._pause_timed_out)
 
     def _open(self) -> None:
         self.paused = False
@@ -227,7 +234,7 @@ class QueuePause:
         self.gate.resume("queue")
 
     def _pause_timed_out(self) -> None:
-        """A pause has lasted ``timeout``: take in what waited in the kernel (see the class's docstring)."""
+        """A pause has lasted its bound: take in what waited in the kernel (see the class's docstring)."""
         self._bound = None
         if self.paused:
             self._open()

@@ -231,7 +231,8 @@ def build(options: Any, reactor: IReactorCore, registry: CollectorRegistry | Non
     if options["overload-policy"] == "pause" and dispatcher.max_queue:
         high, low = dispatcher.max_queue, options["queue-low-water"]
         site.parking = dispatcher.on_depth = QueuePause(
-            site.gate, high, high // 2 if low is None else low, reactor, dispatcher.full, dispatcher.queue_timeout)
+            site.gate, high, high // 2 if low is None else low, reactor, dispatcher.full, dispatcher.queue_timeout,
+            options["max-pause-ms"] / 1000.0)
         app.queue_full = site.parking.full
 
     root = OrderedMultiService()

@@ -426,25 +426,25 @@ def test_a_connection_that_waited_out_the_queue_timeout_in_the_kernel_is_shed_at
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_pause_lasts_at_most_the_queue_timeout(held_work) -> None:
-    """--overload-policy pause, pool 1, --max-queue 1, --queue-timeout-ms 1000, the work held and never
-    released meanwhile: one second after the pause began, accepting is 1 again although the queue is still
-    full, and the connection that waited in the kernel is accepted (its request parked, not answered yet);
-    once the work is released it is served 200 (it waited 0.5 s in the kernel plus its parking, under the
-    timeout), while the item that sat in the queue the whole time is 503 queue_timeout."""
+def test_a_pause_lasts_at_most_max_pause(held_work) -> None:
+    """--overload-policy pause, pool 1, --max-queue 1, --queue-timeout-ms 300, --max-pause-ms 900, the work
+    held and never released meanwhile: 0.9 s after the pause began, accepting is 1 again although the
+    queue is still full, and the connection that waited in the kernel is accepted: the one that came
+    0.75 s into the pause (0.15 s before) is parked, not answered, and served 200 once the work is
+    released; the item that sat in the queue the whole time is 503 queue_timeout."""
     root, port = _start("--overload-policy", "pause", "--pool-size", "1", "--max-queue", "1",
-                        "--queue-low-water", "0", "--queue-timeout-ms", "1000")
+                        "--queue-low-water", "0", "--queue-timeout-ms", "300", "--max-pause-ms", "900")
     endpoint = f"127.0.0.1:{port}"
     try:
         first = [threads.deferToThread(_close_get, port) for _ in range(2)]  # one running, one queued
         assert (yield _until(root, "dataserv_accepting", 0)) == 0
         accepted = _value(root, "dataserv_connections_accepted_total")
-        yield _sleep(0.5)
+        yield _sleep(0.75)
         late = threads.deferToThread(_close_get, port)
         assert (yield _until(root, "dataserv_listen_backlog", 1, endpoint=endpoint)) == 1
         assert _value(root, "dataserv_accepting") == 0
-        assert (yield _until(root, "dataserv_accepting", 1)) == 1  # about 1 s after the pause began
-        assert _value(root, "dataserv_work_queue_depth") == 1  # still full: the pause timed out
+        assert (yield _until(root, "dataserv_accepting", 1)) == 1  # about 0.9 s after the pause began
+        assert _value(root, "dataserv_work_queue_depth") == 1  # still full: the pause reached --max-pause-ms
         assert (yield _until(root, "dataserv_connections_accepted_total", accepted + 1)) == accepted + 1
         assert _value(root, "dataserv_listen_backlog", endpoint=endpoint) == 0
         assert not late.called and _shed_total(root) == 0  # parked, not answered
