@@ -280,16 +280,22 @@ async def run_configuration(reactor: Any, config: Configuration, settings: Setti
     except ServerFailed as e:
         entry["error"] = f"{config.name}: {e}"
     finally:
-        try:
-            entry["exit_code"] = await server.stop(reactor)
-            if entry["exit_code"] not in CLEAN_EXITS and entry["error"] is None:
-                entry["error"] = f"{config.name}: exited {entry['exit_code']} after SIGTERM: {server.last_line()}"
-        except ServerFailed as e:
-            entry["error"] = entry["error"] or f"{config.name}: {e}"
-        finally:
-            server.kill()
+        await _stop(reactor, server, entry, config.name)
     entry["seconds"] = round(time.monotonic() - started, 1)
     return entry
+
+
+async def _stop(reactor: Any, server: ChildServer, record: dict[str, Any], name: str) -> None:
+    """Stop a configuration's server: its exit code into ``record``, and an error for an unclean exit or a
+    failed stop unless one is recorded already; killed in any case."""
+    try:
+        record["exit_code"] = await server.stop(reactor)
+        if record["exit_code"] not in CLEAN_EXITS and record["error"] is None:
+            record["error"] = f"{name}: exited {record['exit_code']} after SIGTERM: {server.last_line()}"
+    except ServerFailed as e:
+        record["error"] = record["error"] or f"{name}: {e}"
+    finally:
+        server.kill()
 
 
 def overload_plans(settings: Settings, base_rps: float) -> dict[str, Plan]:
@@ -341,14 +347,7 @@ async def run_overload_policy(reactor: Any, config: Configuration, entry: dict[s
     except ServerFailed as e:
         result["error"] = f"{name}: {e}"
     finally:
-        try:
-            result["exit_code"] = await server.stop(reactor)
-            if result["exit_code"] not in CLEAN_EXITS and result["error"] is None:
-                result["error"] = f"{name}: exited {result['exit_code']} after SIGTERM: {server.last_line()}"
-        except ServerFailed as e:
-            result["error"] = result["error"] or f"{name}: {e}"
-        finally:
-            server.kill()
+        await _stop(reactor, server, result, name)
     result["seconds"] = round(time.monotonic() - started, 1)
     return result
 
