@@ -204,7 +204,7 @@ class QueuePause:
         self.parked: deque[Parked] = deque()
         self._queue_full = full
         self._replaying = False
-        self._bound: IDelayedCall | None = None  # ends a pause after ``timeout``
+        self._bound: IDelayedCall | None = None  # ends a pause after ``max_pause``
 
     def __call__(self, depth: int) -> None:
         self.depth = depth

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+import sys
+import time
+
+import pytest
 from prometheus_client import CollectorRegistry
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
@@ -9,7 +14,7 @@ from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from dataserv.connections import TimeoutSweeper
+from dataserv.connections import TimeoutSweeper, accept_queue_wait
 from dataserv.metrics import Metrics
 from dataserv.site import DataSite
 
@@ -135,3 +140,56 @@ def test_sweep_interval_is_a_tenth_of_the_shortest_timeout_within_bounds() -> No
     off = TimeoutSweeper(clock, [], 0.0, 0.0)
     off.start()
     assert clock.getDelayedCalls() == []
+
+
+# ---- the accept queue's wait: counted in a connection's first request (connections.accept_queue_wait) ----
+
+
+def test_a_connections_first_request_counts_its_wait_in_the_accept_queue() -> None:
+    """A channel whose bytes waited 0.4 s before it was accepted: its first request's duration (on a clock
+    that does not move) is 0.4 s, its second request's 0: the wait belongs to the first request only."""
+    site, _, metrics = _site(header_timeout=0.0, idle_timeout=0.0)
+    channel, transport = _connect(site)
+    channel.accept_wait = 0.4  # as connectionMade read it from the kernel
+    duration = lambda: metrics.registry.get_sample_value(  # noqa: E731
+        "dataserv_request_duration_seconds_sum", {"route": "unmatched"})
+    channel.dataReceived(REQUEST)
+    assert transport.value().startswith(b"HTTP/1.1 200 ")
+    assert duration() == 0.4
+    channel.dataReceived(REQUEST)
+    assert duration() == 0.4
+    assert channel.accept_wait == 0.0
+
+
+class _Handle:
+    def __init__(self, sock) -> None:
+        self.sock = sock
+
+    def getHandle(self):
+        return self.sock
+
+
+def test_accept_queue_wait_reads_how_long_the_request_bytes_waited() -> None:
+    """On real loopback sockets: bytes that waited 0.3 s before accept read as about 0.3 s; a connection
+    accepted after 0.3 s with nothing sent reads 0 (no request waited); no socket at all reads 0."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("TCP_INFO's tcpi_last_data_recv is Linux's")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        sent = socket.create_connection(listener.getsockname())
+        quiet = socket.create_connection(listener.getsockname())
+        sent.sendall(REQUEST)
+        time.sleep(0.3)
+        first, _ = listener.accept()
+        second, _ = listener.accept()
+        try:
+            waits = {accept_queue_wait(_Handle(first)), accept_queue_wait(_Handle(second))}
+            assert 0.0 in waits
+            [waited] = waits - {0.0}
+            assert 0.28 <= waited <= 1.0, waited
+        finally:
+            for s in (sent, quiet, first, second):
+                s.close()
+    assert accept_queue_wait(object()) == 0.0
+    assert accept_queue_wait(StringTransport()) == 0.0
