@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import dataserv, fetch, machine, median, metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from dataserv.config import OPTIONS
 from loadgen.lib.children import ChildServer
@@ -72,18 +72,10 @@ LAYOUTS: dict[str, tuple[list[str], list[str], int]] = {
 
 # -- the server's counters ------------------------------------------------------
 
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
 def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """A Prometheus text exposition as {(name, sorted labels): value}."""
-    out = {}
-    for line in text.splitlines():
-        m = _SAMPLE.match(line)
-        if m and not line.startswith("#"):
-            out[(m.group(1), tuple(sorted(_LABEL.findall(m.group(2) or ""))))] = float(m.group(3))
-    return out
+    """A Prometheus text exposition as {(name, sorted labels): value} (prometheus_client's own parser)."""
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
 def value(metrics: dict, name: str, **labels: str) -> float:
