@@ -130,3 +130,13 @@ def parse_status_codes(text: str) -> frozenset[int]:
             raise InputError("expect_status", "must be status codes like 200,204", text)
         codes.add(int(part))
     return frozenset(codes)
+
+
+def read_bytes(path: str, name: str, what: str = "") -> bytes:
+    """The bytes of the file at ``path``; an unreadable one raises :class:`InputError` naming the input ``name``
+    (``what``, e.g. ``"body file "``, says what the file is)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise InputError(name, f"cannot read {what}{path!r}: {e.strerror or e}") from None

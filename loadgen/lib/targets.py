@@ -16,7 +16,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from loadgen.lib.inputs import InputError, parse_header
+from loadgen.lib.inputs import InputError, parse_header, read_bytes
 from loadgen.lib.plan import Target, resolve_target
 from loadgen.lib.tls import TlsClient
 
@@ -69,17 +69,9 @@ class TargetMix:
         return self.targets[0].port
 
 
-def _read_body(path: str, where: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise InputError(where, f"cannot read body file {path!r}: {e.strerror or e}") from None
-
-
 def read_body_file(path: str) -> bytes:
     """The bytes of ``--body-file``; an unreadable file raises :class:`InputError` naming the option."""
-    return _read_body(path, "body_file")
+    return read_bytes(path, "body_file", "body file ")
 
 
 def parse_target_file(path: str, headers: list[str] | None = None) -> list[Target]:
@@ -148,7 +140,7 @@ def _http(path: str, lines: list[str], extra: list[str]) -> list[tuple[int, Targ
             elif item.startswith("@"):
                 body_path = os.path.join(base, item[1:].strip())
                 try:
-                    body = _read_body(body_path, "targets")
+                    body = read_bytes(body_path, "targets", "body file ")
                 except InputError as e:
                     raise _at(path, i + 1, e.problem) from None
             else:

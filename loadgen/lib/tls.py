@@ -33,7 +33,7 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from zope.interface import implementer
 
-from loadgen.lib.inputs import InputError
+from loadgen.lib.inputs import InputError, read_bytes
 
 # What a failed handshake or verification is: OpenSSL's errors (no shared
 # protocol, an untrusted chain, an alert from the server such as "certificate
@@ -76,14 +76,6 @@ class TlsClient:
                                        else ssl.platformTrust(), clientCertificate=self.client)
 
 
-def _read(path: str, name: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise InputError(name, f"cannot read {path!r}: {e.strerror or e}") from None
-
-
 def load_tls(*, cacert: str | None = None, cert: str | None = None, key: str | None = None,
              insecure: bool = False) -> TlsClient:
     """Read and check the TLS materials; a missing or unparseable file raises :class:`InputError` naming it.
@@ -99,15 +91,15 @@ def load_tls(*, cacert: str | None = None, cert: str | None = None, key: str | N
         raise InputError("key", "is given without a client certificate (cert)")
     trust = None
     if cacert is not None:
-        data = _read(cacert, "cacert")
+        data = read_bytes(cacert, "cacert")
         try:
             trust = ssl.Certificate.loadPEM(data)
         except Exception:  # noqa: BLE001 - pyOpenSSL raises several types for bad input
             raise InputError("cacert", f"{cacert!r} is not a PEM certificate") from None
     client = None
     if cert is not None:
-        cert_data = _read(cert, "cert")
-        key_data = _read(key, "key") if key is not None else cert_data
+        cert_data = read_bytes(cert, "cert")
+        key_data = read_bytes(key, "key") if key is not None else cert_data
         try:
             ssl.Certificate.loadPEM(cert_data)
         except Exception:  # noqa: BLE001
