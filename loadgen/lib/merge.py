@@ -88,8 +88,8 @@ def _merge_targets(index: int, steps: Sequence[StepResult]) -> list[dict[str, An
 
 def _sum_present(key: str, entries: Sequence[dict[str, Any]]) -> dict[str, int]:
     """``{key: the sum}`` over the entries that have ``key``; empty when none has (files from before it)."""
-    values = [entry[key] for entry in entries if entry.get(key) is not None]
-    return {key: sum(values)} if values else {}
+    total = _sum_optional([entry.get(key) for entry in entries])
+    return {} if total is None else {key: total}
 
 
 def _earliest(timestamps: Sequence[str]) -> str:
