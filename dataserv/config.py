@@ -98,8 +98,10 @@ OPTIONS: dict[str, tuple[str | None, Callable[[str, str], Any], str]] = {
                   "Work items waiting for a worker before new /data requests get 503; 0 = unbounded."),
     "queue-timeout-ms": ("2000", _non_negative_float,
                          "Work that waited longer than this gets 503 without running; 0 = never."),
-    "overload-policy": ("shed", _choice(*OVERLOAD_POLICIES),
-                        "At --max-queue: shed (answer new /data requests 503 + Retry-After) or pause (stop "
+    "overload-policy": ("park", _choice(*OVERLOAD_POLICIES),
+                        "At --max-queue: park (accept, and hold /data requests past the queue, newest served "
+                        "first, 503 once they have waited --queue-timeout-ms; with no queue timeout, 503 at "
+                        "once), shed (answer new /data requests 503 + Retry-After at once) or pause (stop "
                         "accepting connections, which wait in the kernel backlog, and park the requests of open "
                         "ones, until --queue-low-water)."),
     "queue-low-water": (None, _non_negative_int,

@@ -9,6 +9,10 @@
   ``/data`` requests of connections already open instead of shedding them;
   accept again once the queue is down to ``--queue-low-water`` (hysteresis:
   one pause per crossing, not one per item).  See :class:`QueuePause`.
+* ``park``: accept every connection, and park the ``/data`` requests that find
+  ``--max-queue`` items waiting; as the queue frees up, the newest parked
+  request goes first, and one parked for ``--queue-timeout-ms`` is answered 503
+  then.  See :class:`QueueDeadline`.
 
 Parking, not shedding, on open connections, by a short measurement (32
 closed-loop keep-alive ``wrk`` connections, pool 1, 2 ms of work, max-queue 8,
@@ -37,7 +41,7 @@ from typing import Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
 
-POLICIES = ("shed", "pause")
+POLICIES = ("shed", "pause", "park")
 
 # Why a request got 503: the values of requests_shed_total{reason}.
 SHED_REASONS = ("queue_full", "queue_timeout", "draining", "worker_died")
@@ -267,3 +271,102 @@ class QueuePause:
             request = self.parked.popleft()
             if not request.gone:
                 request.shed(reason)
+
+
+class QueueDeadline:
+    """``--overload-policy park``: past ``--max-queue``, requests wait here, newest first, until their deadline.
+
+    A ``/data`` request that finds the queue full (:meth:`full`), on a new
+    connection or an open one, is parked instead of answered 503.  Each time
+    the queue has a free place (the dispatcher's ``on_depth``), the newest
+    parked request takes it; a request parked ``timeout`` seconds
+    (``--queue-timeout-ms``, counted from its arrival like the queue's own
+    timeout) is answered 503 ``queue_timeout`` then, by one timer on the
+    oldest's deadline.  Nothing stops accepting: every client has an answer
+    within the queue timeout (plus the work, if it is served), and the kernel
+    never drops a connect for a full accept queue.
+
+    Why the newest first (Facebook's "adaptive LIFO", with CoDel's bound on
+    how long a request may wait): under overload, serving in arrival order
+    makes every served request wait about the whole timeout, and the ones
+    served are exactly those whose clients have waited longest.  Newest first,
+    the served ones waited little (the queue itself stays first in, first out
+    and short), and only the oldest, which would have waited out the timeout
+    anyway, get the 503.  Against shedding at once, a client that retries at
+    once (a closed loop) now retries at most once per timeout, so a retry
+    storm costs the reactor one accept, parse and 503 per client per
+    ``timeout``, not as many as the clients can send.
+
+    Parked requests' connections read nothing more meanwhile (twisted.web reads
+    a connection's next request only after answering this one), so at most one
+    is parked per open connection: ``--max-connections`` bounds them.  The
+    deadline timer fires at most once per ``tick`` (a tenth of the timeout, at
+    most 10 ms), answering every request due by then: a 503 comes at most
+    ``tick`` after its deadline, never before it.
+    """
+
+    def __init__(self, high: int, clock: IReactorTime, full: Callable[[], bool], timeout: float) -> None:
+        if high <= 0 or timeout <= 0:
+            raise ValueError(f"need a queue size and a timeout above 0, got {high} and {timeout}")
+        self.high = high
+        self.clock = clock
+        self.timeout = timeout
+        self.tick = min(timeout / 10, 0.010)
+        self.parked: deque[Parked] = deque()
+        self._queue_full = full
+        self._replaying = False
+        self._expiry: IDelayedCall | None = None
+
+    def __call__(self, depth: int) -> None:
+        if self.parked and depth < self.high and not self._replaying:
+            # Not from inside the dispatcher's submission or completion: on the next reactor turn.
+            self._replaying = True
+            self.clock.callLater(0, self._replay)
+
+    def full(self) -> bool:
+        """Whether a ``/data`` request arriving now must park: the queue is full, or others are parked."""
+        return bool(self.parked) or self._queue_full()
+
+    def park(self, request: Parked) -> None:
+        self.parked.append(request)
+        if self._expiry is None:
+            self._arm()
+
+    def _arm(self) -> None:
+        """The timer for the oldest parked request's deadline (none when nothing is parked)."""
+        if self.parked:
+            due = self.parked[0].received + self.timeout + self.tick - self.clock.seconds()
+            self._expiry = self.clock.callLater(max(0.0, due), self._expire)
+        else:
+            self._expiry = None
+
+    def _expire(self) -> None:
+        now = self.clock.seconds()
+        parked, timeout = self.parked, self.timeout
+        while parked and (parked[0].gone or now - parked[0].received >= timeout):
+            request = parked.popleft()
+            if not request.gone:
+                request.shed("queue_timeout")
+        self._arm()
+
+    def _replay(self) -> None:
+        try:
+            while self.parked and not self._queue_full():
+                request = self.parked.pop()  # the newest
+                if not request.gone:
+                    request.unpark()  # submits its work, and so calls self(depth)
+        finally:
+            self._replaying = False
+        if not self.parked and self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+
+    def flush(self, reason: str) -> None:
+        """Answer every parked request 503 ``reason`` now (draining)."""
+        while self.parked:
+            request = self.parked.popleft()
+            if not request.gone:
+                request.shed(reason)
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None

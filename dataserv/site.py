@@ -15,7 +15,7 @@ from dataserv import _compat
 from dataserv.badinput import BadInput
 from dataserv.connections import ConnectionLimit, DataChannel, TimeoutSweeper
 from dataserv.metrics import Metrics
-from dataserv.overload import SHED_REASONS, AcceptGate, QueuePause, shed_response
+from dataserv.overload import SHED_REASONS, AcceptGate, QueueDeadline, QueuePause, shed_response
 
 UNMATCHED_ROUTE = "unmatched"
 
@@ -187,8 +187,8 @@ class DataSite(Site):
         self.count_shed = {reason: metrics.requests_shed.labels(reason).inc for reason in SHED_REASONS}
         self.gate = AcceptGate(metrics.accepting, lambda cause: metrics.accept_pauses.labels(cause).inc())
         self.limit = ConnectionLimit(max_connections, self.gate) if max_connections else None
-        # --overload-policy pause: parks /data requests that find the queue full (set by tap.build).
-        self.parking: QueuePause | None = None
+        # --overload-policy pause or park: parks /data requests that find the queue full (set by tap.build).
+        self.parking: QueuePause | QueueDeadline | None = None
         self.channels: set[DataChannel] = set()
         self.sweeper = TimeoutSweeper(clock, self.channels, header_timeout, idle_timeout, body_timeout)
         self.bad_input = BadInput(metrics.bad_requests, clock)

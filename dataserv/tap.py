@@ -28,7 +28,7 @@ from dataserv.app import DataApp
 from dataserv.cputime import ThreadClocks
 from dataserv.dispatch import make_dispatcher
 from dataserv.metrics import Metrics, ReactorLagProbe
-from dataserv.overload import QueuePause
+from dataserv.overload import QueueDeadline, QueuePause
 from dataserv.site import DataSite
 from dataserv.workers import WORKER_ENDPOINTS
 
@@ -233,6 +233,11 @@ def build(options: Any, reactor: IReactorCore, registry: CollectorRegistry | Non
         site.parking = dispatcher.on_depth = QueuePause(
             site.gate, high, high // 2 if low is None else low, reactor, dispatcher.full, dispatcher.queue_timeout,
             options["max-pause-ms"] / 1000.0)
+        app.queue_full = site.parking.full
+    elif options["overload-policy"] == "park" and dispatcher.max_queue and dispatcher.queue_timeout:
+        # Without a queue timeout a parked request would have no deadline: park then answers 503 at once.
+        site.parking = dispatcher.on_depth = QueueDeadline(dispatcher.max_queue, reactor, dispatcher.full,
+                                                           dispatcher.queue_timeout)
         app.queue_full = site.parking.full
 
     root = OrderedMultiService()

@@ -186,7 +186,7 @@ def test_short_real_compare(tmp_path: Path) -> None:
         assert f"{knee:,.1f}" in report
     assert "overload_policies" not in entries["inline-pbkdf2-keep-alive"]
     threads = entries["threads-pbkdf2-keep-alive"]
-    assert [run["policy"] for run in threads["overload_policies"]] == ["shed", "pause"]
+    assert [run["policy"] for run in threads["overload_policies"]] == ["park", "shed"]
     for run in threads["overload_policies"]:
         assert run["error"] is None and run["exit_code"] == 0, run["error"]
         assert run["server_args"] == ["--max-queue", "32", "--queue-timeout-ms", "300", "--overload-policy",
@@ -196,7 +196,7 @@ def test_short_real_compare(tmp_path: Path) -> None:
         for step in (run["open"], run["retry_storm"]):
             assert step["server"]["accepting_min"] in (0.0, 1.0) and step["server"]["reactor_cpu_percent"] > 0
         assert (out / "logs" / f"threads-pbkdf2-keep-alive-{run['policy']}.log").exists()
-    assert "## What overload does" in report and "| threads-pbkdf2-keep-alive | pause | retry storm, 100 users |" in report
+    assert "## What overload does" in report and "| threads-pbkdf2-keep-alive | park | retry storm, 100 users |" in report
     assert "<h2>What overload does</h2>" in (out / "report.html").read_text()
     assert_documented(document, "compare")
     assert not _processes_mentioning(str(out))
@@ -309,7 +309,7 @@ def test_policy_configuration(names: list[str], chosen: str | None) -> None:
 
 
 @pytest.mark.parametrize(("argv", "policies", "args", "users"), [
-    ([], ("shed", "pause"), ("--max-queue", "32", "--queue-timeout-ms", "300"), 400),
+    ([], ("park", "shed"), ("--max-queue", "32", "--queue-timeout-ms", "300"), 400),
     (["--overload-policies", "pause", "--storm-users", "0"], ("pause",), ("--max-queue", "32", "--queue-timeout-ms",
                                                                           "300"), 0),
     (["--overload-policies", "none", "--policy-server-arg=--max-queue=8"], (), ("--max-queue=8",), 400),
@@ -324,7 +324,7 @@ def test_compare_policy_options(argv: list[str], policies: tuple, args: tuple, u
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--overload-policies", "shed,drop"], "loadgen: --overload-policies takes a comma list of shed, pause; "
+    (["--overload-policies", "shed,drop"], "loadgen: --overload-policies takes a comma list of shed, pause, park; "
                                            "got 'shed,drop'\n"),
     (["--storm-users", "-1"], "loadgen: --storm-users must be 0 or more, got -1\n"),
 ])

@@ -1,5 +1,5 @@
 """--overload-policy: the pre-built 503, the accept gate, pausing at a full queue (hysteresis, parking),
-first as pure logic on fakes, then on real sockets with the pool held (each real-socket test a few seconds)."""
+parking newest first until a deadline (park), first as pure logic on fakes, then on real sockets with the pool held (each real-socket test a few seconds)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from twisted.internet.defer import gatherResults
 from twisted.internet.task import Clock
 
 from dataserv import tap, work
-from dataserv.overload import AcceptGate, QueuePause, shed_response
+from dataserv.overload import AcceptGate, QueueDeadline, QueuePause, shed_response
 
 
 def _expected(reason: bytes, close: bool, version: bytes = b"HTTP/1.1") -> bytes:
@@ -240,6 +240,85 @@ def test_flush_answers_every_parked_request() -> None:
     assert q.answers == [("a", "draining"), ("b", "draining")] and not q.pause.parked
 
 
+class _Deadlines(_Queue):
+    """A queue of ``high`` places with a QueueDeadline (--overload-policy park) on it."""
+
+    def __init__(self, high: int, timeout: float) -> None:
+        super().__init__(high, 0)
+        self.pause = QueueDeadline(high, self.clock, full=lambda: self.depth >= high, timeout=timeout)  # type: ignore[assignment]
+
+
+def test_park_serves_the_newest_parked_request_first() -> None:
+    """park: as places free up, the newest parked request takes each; one gone meanwhile is skipped; a request
+    arriving while others are parked parks (it does not jump the queue's own order), and nothing ever
+    touches the accept gate."""
+    q = _Deadlines(high=2, timeout=1.0)
+    q.submit(2)
+    a, b, c, d = (_Request(n, 0.0, q) for n in "abcd")
+    for r in (a, b, c):
+        assert q.pause.full()
+        q.pause.park(r)
+    c.gone = True
+    q.complete()
+    assert q.answers == [("b", "run")] and q.depth == 2
+    q.pause.park(d)
+    q.complete()
+    assert q.answers == [("b", "run"), ("d", "run")]
+    q.complete()
+    assert q.answers[-1] == ("a", "run") and not q.pause.parked
+    q.complete()
+    assert not q.pause.full()
+    assert q.gauge.value == 1 and not q.pauses  # accepting throughout
+
+
+@pytest.mark.parametrize("timeout", [0.3, 2.0])
+def test_park_answers_503_at_the_deadline_never_before(timeout: float) -> None:
+    """park: a parked request that has not had a place within the timeout of its arrival is answered 503
+    queue_timeout then, at most one tick (a tenth of the timeout, at most 10 ms) later and never earlier;
+    the oldest first, each at its own deadline (one parked 30 ms later is still waiting when the first is
+    answered); with nothing parked no timer is left behind."""
+    q = _Deadlines(high=1, timeout=timeout)
+    q.submit()
+    tick = min(timeout / 10, 0.010)
+    old, new = _Request("old", 0.0, q), _Request("new", 0.03, q)
+    q.pause.park(old)
+    q.clock.advance(0.03)
+    q.pause.park(new)
+    q.clock.advance(timeout - 0.03 - 1e-6)
+    assert q.answers == []
+    q.clock.advance(tick + 2e-6)
+    assert q.answers == [("old", "queue_timeout")]  # "new" has waited timeout + tick - 30 ms: not yet
+    q.clock.advance(0.03 - 2e-6)
+    assert q.answers == [("old", "queue_timeout")]
+    q.clock.advance(tick + 2e-6)
+    assert q.answers == [("old", "queue_timeout"), ("new", "queue_timeout")]
+    assert not q.pause.parked and q.clock.getDelayedCalls() == []
+
+
+def test_park_leaves_no_timer_once_every_parked_request_ran_and_flush_answers_them_all() -> None:
+    """park: the deadline timer goes when the last parked request takes a place; a drain answers every parked
+    request still connected at once, and cancels the timer."""
+    q = _Deadlines(high=1, timeout=1.0)
+    q.submit()
+    q.pause.park(_Request("a", 0.0, q))
+    assert len(q.clock.getDelayedCalls()) == 1
+    q.complete()
+    assert q.answers == [("a", "run")] and q.clock.getDelayedCalls() == []
+    gone = _Request("gone", 0.0, q)
+    gone.gone = True
+    for r in (_Request("b", 0.0, q), gone, _Request("c", 0.0, q)):
+        q.pause.park(r)
+    q.pause.flush("draining")
+    assert q.answers[1:] == [("b", "draining"), ("c", "draining")] and not q.pause.parked
+    assert q.clock.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize(("high", "timeout"), [(0, 1.0), (4, 0.0)])
+def test_park_needs_a_queue_and_a_timeout(high: int, timeout: float) -> None:
+    with pytest.raises(ValueError, match="above 0"):
+        QueueDeadline(high, Clock(), full=lambda: False, timeout=timeout)
+
+
 @pytest.mark.parametrize(
     ("args", "marks"),
     [
@@ -262,6 +341,31 @@ def test_the_service_tree_pauses_only_under_pause(args: list[str], marks: tuple[
     else:
         assert isinstance(pause, QueuePause) and (pause.high, pause.low) == marks
         assert root.site.parking is pause and root.app.queue_full == pause.full
+
+
+@pytest.mark.parametrize(
+    ("args", "parks"),
+    [
+        ([], (1024, 2.0)),  # park is the default: --max-queue 1024, --queue-timeout-ms 2000
+        (["--overload-policy", "park", "--max-queue", "7", "--queue-timeout-ms", "250"], (7, 0.25)),
+        (["--queue-timeout-ms", "0"], None),  # no deadline to park until: 503 at once, as shed
+        (["--max-queue", "0"], None),  # the queue is never full
+        (["--dispatch", "inline"], None),  # inline never queues
+    ],
+)
+def test_the_service_tree_parks_by_deadline_under_park(args: list[str], parks: tuple[int, float] | None) -> None:
+    """makeService's tree under park (the default): the dispatcher reports its depth to a QueueDeadline with
+    --max-queue as the mark and --queue-timeout-ms as the deadline, and the app asks it whether a request
+    must park; with no queue timeout or no queue limit there is nothing to park for."""
+    options = tap.Options()
+    options.parseOptions(["-l", "tcp:0", "--work-ms", "1", "--work-iterations", "10", *args])
+    root = tap.build(options, Clock(), CollectorRegistry())
+    park = root.getServiceNamed("dispatcher").on_depth
+    if parks is None:
+        assert park is None and root.site.parking is None
+    else:
+        assert isinstance(park, QueueDeadline) and (park.high, park.timeout) == parks
+        assert root.site.parking is park and root.app.queue_full == park.full
 
 
 # ---- real sockets ----
@@ -606,14 +710,14 @@ def _storm(port: int, clients: int, rounds: int) -> Counter:
         return sum(pool.map(client, range(clients)), Counter())
 
 
-@pytest.mark.parametrize("policy", ["shed", "pause"])
+@pytest.mark.parametrize("policy", ["shed", "pause", "park"])
 @pytest_twisted.inlineCallbacks
 def test_counters_reconcile_after_a_storm(policy: str) -> None:
     """A short storm (12 clients, 2 ms of work, pool 1, --max-queue 3): afterwards accepted - done = open = 0,
     requests_total by code equals what the clients counted, shed equals their 503s (pause: none)."""
     root, port = _start("--overload-policy", policy, "--pool-size", "1", "--max-queue", "3",
-                        "--queue-low-water", "1", "--queue-timeout-ms", "0", "--work-ms", "2",
-                        "--work-iterations", str(work.calibrate("pbkdf2", 2.0).iterations))
+                        "--queue-low-water", "1", "--queue-timeout-ms", "0" if policy != "park" else "50",
+                        "--work-ms", "2", "--work-iterations", str(work.calibrate("pbkdf2", 2.0).iterations))
     try:
         codes = yield threads.deferToThread(_storm, port, 12, 15)
         assert sum(codes.values()) == 12 * 15
@@ -628,7 +732,49 @@ def test_counters_reconcile_after_a_storm(policy: str) -> None:
         assert _shed_total(root) == codes[503]
         if policy == "pause":
             assert codes[503] == 0
-        else:
+        elif policy == "shed":
             assert codes[503] > 0
+        else:  # park: any 503 is a request that waited out its 50 ms, never a full queue
+            assert _value(root, "dataserv_requests_shed_total", reason="queue_full") == 0
     finally:
+        yield root.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_park_serves_the_newest_and_answers_the_rest_503_at_their_deadline(held_work) -> None:
+    """--overload-policy park, pool 1, --max-queue 1, --queue-timeout-ms 500, the work held (one running, one
+    queued): three more connections are accepted (accepting stays 1, nothing waits in the kernel) and their
+    requests parked, not answered; when the running item ends, the newest parked request (the third) takes
+    the free place, and the two older ones are answered the documented 503 queue timeout about 0.5 s after
+    they arrived, not before; once the work is released the queued and the newest are served 200."""
+    root, port = _start("--overload-policy", "park", "--pool-size", "1", "--max-queue", "1",
+                        "--queue-timeout-ms", "500")
+    endpoint = f"127.0.0.1:{port}"
+    try:
+        first = [threads.deferToThread(_close_get, port) for _ in range(2)]  # one running, one queued
+        assert (yield _until(root, "dataserv_work_queue_depth", 1)) == 1
+        parked = []
+        for n in range(3):
+            parked.append(threads.deferToThread(_close_get, port))
+            assert (yield _until(root, "dataserv_connections_accepted_total", 3 + n)) == 3 + n
+            yield _sleep(0.05)
+        arrived = root.site.clock.seconds()
+        assert _value(root, "dataserv_accepting") == 1
+        assert _value(root, "dataserv_listen_backlog", endpoint=endpoint) == 0
+        assert not any(d.called for d in parked) and _shed_total(root) == 0
+        held_work.release(1)  # the running one ends: the queued one runs, the newest parked is queued
+        assert (yield _until(root, "dataserv_requests_total", 1, route="/data", method="GET", code="200")) == 1
+        assert (yield _until(root, "dataserv_requests_shed_total", 2, reason="queue_timeout")) == 2
+        waited = root.site.clock.seconds() - arrived
+        assert 0.5 - 0.2 <= waited < 0.5 + 0.5, waited  # the older two arrived 0.10 and 0.05 s before "arrived"
+        older = yield gatherResults(parked[:2])
+        assert older == [_expected(b"queue timeout", close=True)] * 2, older
+        assert not parked[2].called  # the newest: queued, waiting for the held work
+        held_work.release(100)
+        answers = yield gatherResults([*first, parked[2]])
+        assert [a.split(b" ", 2)[1] for a in answers] == [b"200", b"200", b"200"], answers
+        assert _value(root, "dataserv_requests_shed_total", reason="queue_full") == 0
+        assert _value(root, "dataserv_accept_pauses_total", reason="queue") == 0
+    finally:
+        held_work.release(1000)
         yield root.stopService()

@@ -70,7 +70,7 @@ def test_inline_pool_is_one() -> None:
         (["--dispatch", "fibers"], "--dispatch must be one of inline, threads, processes, got 'fibers'"),
         (["--work-kind", "sha1"], "--work-kind must be one of pbkdf2, python, got 'sha1'"),
         (["--max-queue", "-3"], "--max-queue must be an integer >= 0, got '-3'"),
-        (["--overload-policy", "drop"], "--overload-policy must be one of shed, pause, got 'drop'"),
+        (["--overload-policy", "drop"], "--overload-policy must be one of shed, pause, park, got 'drop'"),
         (["--queue-low-water", "-1"], "--queue-low-water must be an integer >= 0, got '-1'"),
         (["--max-queue", "8", "--queue-low-water", "8"], "--queue-low-water must be below --max-queue (8), got 8"),
         (["--max-queue", "8", "--queue-low-water", "9"], "--queue-low-water must be below --max-queue (8), got 9"),
@@ -169,7 +169,7 @@ def test_config_file_sets_values_and_command_line_wins(tmp_path) -> None:
     ("text", "message"),
     [
         ("[dataserv]\npool-size = 0\n", "--pool-size must be a positive integer, got '0'"),
-        ("[dataserv]\noverload-policy = drop\n", "--overload-policy must be one of shed, pause, got 'drop'"),
+        ("[dataserv]\noverload-policy = drop\n", "--overload-policy must be one of shed, pause, park, got 'drop'"),
         ("[dataserv]\nmax-queue = 10\nqueue-low-water = 10\n", "--queue-low-water must be below --max-queue (10)"),
         ("[dataserv]\nspeed = fast\n", "unknown option 'speed'"),
         ("[other]\nx = 1\n", "has no [dataserv] section"),

@@ -149,7 +149,7 @@ class Settings:
     server_cpus: str | None = None  # run each dataserv under `taskset -c` this list (None: loadgen's own CPUs)
     # What overload does under each policy (threads dispatch): a server per policy, with these options, takes
     # the overload step and a retry storm of storm_users (0: none): about 12 s a policy.
-    overload_policies: tuple[str, ...] = ("shed", "pause")
+    overload_policies: tuple[str, ...] = ("park", "shed")
     policy_server_args: tuple[str, ...] = ("--max-queue", "32", "--queue-timeout-ms", "300")
     storm_users: int = 400
     extra: dict[str, Any] = field(default_factory=dict)
