@@ -1,7 +1,7 @@
 """What each --overload-policy keeps of the knee's goodput: open load at 1x, 2x, 5x the knee, a retry storm, a keep-alive storm.
 
     python bench/overload_policy_bench.py [--runs 3] [--seconds 5] [--layouts unpinned,pinned]
-                                          [--policies shed,pause] [--work-ms 4] [--work-iterations N]
+                                          [--policies shed,pause,park] [--work-ms 4] [--work-iterations N]
                                           [--knee RPS] [--json out.json] [--smoke]
 
 Issue 13, item 3.  For each run, layout and policy, one dataserv (threads
@@ -36,8 +36,8 @@ done = open, and ``/data`` responses by code on both sides.  Figures are
 medians over ``--runs`` of ratios taken within a run.  The issue's goals
 are checked at the end.
 
-Defaults take 10 to 13 minutes on 2 cores (3 runs x 2 layouts x 2 policies,
-50 to 65 s each); ``--smoke`` runs one run of 1 s loads (about 1.5 minutes).
+Defaults take 20 to 25 minutes on 2 cores (3 runs x 2 layouts x 3 policies,
+60 s each unpinned, 90 s pinned); ``--smoke`` runs one run of 1 s loads (about 2 minutes).
 """
 
 from __future__ import annotations
@@ -304,7 +304,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each load (default 5)")
     parser.add_argument("--layouts", default="unpinned,pinned")
-    parser.add_argument("--policies", default="shed,pause")
+    parser.add_argument("--policies", default="shed,pause,park")
     parser.add_argument("--work-ms", type=float, default=4.0)
     parser.add_argument("--work-iterations", type=int,
                         help="pbkdf2 iterations for every server (default: what the first one calibrates)")

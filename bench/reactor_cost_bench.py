@@ -1,7 +1,7 @@
 """The event loop's CPU per request, from the loop thread's own CPU clock: dataserv against its peers.
 
     python bench/reactor_cost_bench.py [--runs 3] [--seconds 5] [--rate 2000] [--work-rate 200]
-                                       [--work-ms 4] [--json out.json]
+                                       [--work-ms 4] [--peers twisted-web,...] [--json out.json]
 
 Issue 12, item 5.  For ``/healthz``, ``/data`` with no work (dataserv's
 ``?work_ms=0``; the peers started with ``--iterations 0``, so the request
@@ -75,11 +75,13 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000.0, help="requests/s for /healthz and work-free /data")
     parser.add_argument("--work-rate", type=float, default=200.0, help="requests/s for /data with --work-ms")
     parser.add_argument("--work-ms", type=float, default=4.0)
+    parser.add_argument("--peers", help="comma-separated peer names to measure (default: every installed peer)")
     parser.add_argument("--json")
     args = parser.parse_args()
     if len(os.sched_getaffinity(0)) < 2:
         raise SystemExit("reactor_cost_bench: needs two CPUs (0 for the loops, 1 for the pools and loadgen)")
-    peers = {peer.name: peer for peer in find_peers()}
+    peers = {peer.name: peer for peer in find_peers()
+             if not args.peers or peer.name in args.peers.split(",")}
     samples: dict[str, list[float]] = {}
 
     def add(name: str, value: float) -> None:
