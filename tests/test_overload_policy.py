@@ -320,52 +320,36 @@ def test_park_needs_a_queue_and_a_timeout(high: int, timeout: float) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "marks"),
+    ("args", "expected"),
     [
         (["--overload-policy", "shed"], None),
-        (["--overload-policy", "pause"], (1024, 512)),
-        (["--overload-policy", "pause", "--max-queue", "9"], (9, 4)),
-        (["--overload-policy", "pause", "--max-queue", "9", "--queue-low-water", "0"], (9, 0)),
+        (["--overload-policy", "pause"], (QueuePause, "low", (1024, 512))),
+        (["--overload-policy", "pause", "--max-queue", "9"], (QueuePause, "low", (9, 4))),
+        (["--overload-policy", "pause", "--max-queue", "9", "--queue-low-water", "0"], (QueuePause, "low", (9, 0))),
         (["--overload-policy", "pause", "--dispatch", "inline"], None),  # inline never queues
+        ([], (QueueDeadline, "timeout", (1024, 2.0))),  # park is the default: --max-queue 1024, 2000 ms
+        (["--overload-policy", "park", "--max-queue", "7", "--queue-timeout-ms", "250"],
+         (QueueDeadline, "timeout", (7, 0.25))),
+        (["--queue-timeout-ms", "0"], None),  # park with no deadline to park until: 503 at once, as shed
+        (["--max-queue", "0"], None),  # park: the queue is never full
+        (["--dispatch", "inline"], None),
     ],
 )
-def test_the_service_tree_pauses_only_under_pause(args: list[str], marks: tuple[int, int] | None) -> None:
+def test_the_service_tree_parks_only_under_pause_and_park(args: list[str], expected: tuple | None) -> None:
     """makeService's tree: under pause the dispatcher reports its depth to a QueuePause with --max-queue as the
-    high mark and --queue-low-water (default: half of --max-queue) as the low one; under shed, nothing."""
+    high mark and --queue-low-water (default: half of --max-queue) as the low one; under park (the default)
+    to a QueueDeadline with --max-queue as the mark and --queue-timeout-ms as the deadline, unless there is
+    no queue timeout or no queue limit; the app asks either whether a request must park; under shed, nothing."""
     options = tap.Options()
     options.parseOptions(["-l", "tcp:0", "--work-ms", "1", "--work-iterations", "10", *args])
     root = tap.build(options, Clock(), CollectorRegistry())
-    pause = root.getServiceNamed("dispatcher").on_depth
-    if marks is None:
-        assert pause is None and root.site.parking is None
+    parking = root.getServiceNamed("dispatcher").on_depth
+    if expected is None:
+        assert parking is None and root.site.parking is None
     else:
-        assert isinstance(pause, QueuePause) and (pause.high, pause.low) == marks
-        assert root.site.parking is pause and root.app.queue_full == pause.full
-
-
-@pytest.mark.parametrize(
-    ("args", "parks"),
-    [
-        ([], (1024, 2.0)),  # park is the default: --max-queue 1024, --queue-timeout-ms 2000
-        (["--overload-policy", "park", "--max-queue", "7", "--queue-timeout-ms", "250"], (7, 0.25)),
-        (["--queue-timeout-ms", "0"], None),  # no deadline to park until: 503 at once, as shed
-        (["--max-queue", "0"], None),  # the queue is never full
-        (["--dispatch", "inline"], None),  # inline never queues
-    ],
-)
-def test_the_service_tree_parks_by_deadline_under_park(args: list[str], parks: tuple[int, float] | None) -> None:
-    """makeService's tree under park (the default): the dispatcher reports its depth to a QueueDeadline with
-    --max-queue as the mark and --queue-timeout-ms as the deadline, and the app asks it whether a request
-    must park; with no queue timeout or no queue limit there is nothing to park for."""
-    options = tap.Options()
-    options.parseOptions(["-l", "tcp:0", "--work-ms", "1", "--work-iterations", "10", *args])
-    root = tap.build(options, Clock(), CollectorRegistry())
-    park = root.getServiceNamed("dispatcher").on_depth
-    if parks is None:
-        assert park is None and root.site.parking is None
-    else:
-        assert isinstance(park, QueueDeadline) and (park.high, park.timeout) == parks
-        assert root.site.parking is park and root.app.queue_full == park.full
+        kind, second, values = expected
+        assert isinstance(parking, kind) and (parking.high, getattr(parking, second)) == values
+        assert root.site.parking is parking and root.app.queue_full == parking.full
 
 
 # ---- real sockets ----
