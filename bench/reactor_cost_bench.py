@@ -92,8 +92,9 @@ def main() -> None:
                 own_metric: ChildServer | None = None) -> None:
         for endpoint, (path, rate) in endpoints.items():
             load(base + path, rate, 1.0)  # warm-up: connections open, code paths hot
-            cpu = loop_cpu_seconds(pid)
+            # the scrape first: its own CPU on the loop stays outside the measured delta
             metric_before = reactor_metric(own_metric) if own_metric else 0.0
+            cpu = loop_cpu_seconds(pid)
             requests = load(base + path, rate, args.seconds)
             add(f"{name} {endpoint}", (loop_cpu_seconds(pid) - cpu) / requests)
             if own_metric:  # the metric's scrape is itself one request, outside the loop's measured delta

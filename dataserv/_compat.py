@@ -13,6 +13,7 @@ for an object that must have it).
 
 from __future__ import annotations
 
+import inspect
 from importlib import import_module
 from typing import Any
 
@@ -25,6 +26,10 @@ from twisted.web._newclient import HTTP11ClientProtocol  # noqa: F401  (re-expor
 from twisted.web._newclient import Request as ClientRequest  # noqa: F401  (re-exported)
 from twisted.web.client import _RetryingHTTP11ClientProtocol
 from twisted.web.http import HTTPChannel, Request
+
+# twisted.web.server.Request.process asks this of the resource it routes to (site.MeteredRequest._route does
+# as it does); no public name.
+from twisted.web.resource import _IEncodingResource as IEncodingResource  # noqa: F401  (re-exported)
 
 
 def pool_would_resend(exception: BaseException) -> bool:
@@ -81,6 +86,35 @@ def respond_bad_request(channel: HTTPChannel) -> None:
 def klein_app(resource: Any) -> Any:
     """The ``Klein`` app a ``KleinResource`` renders (``KleinResource._app``; no public accessor)."""
     return resource._app
+
+
+def klein_bound_method(app: Any, endpoint: str) -> Any:
+    """The bound method Klein's endpoint ``endpoint`` calls, or None where Klein's own call does more.
+
+    Klein registers a route as a wrapper (``Klein.route``'s ``_f``) that calls
+    ``_call(instance, f, request)``: it prepends the instance the app is bound
+    to (``Klein._instance``), calls ``f`` and wraps a coroutine in a Deferred.
+    For a plain method of the instance that is just the bound method; this
+    finds it (the method of that name whose function is the one the wrapper
+    closes over, ``_f.__closure__``), and answers None for anything else: an
+    unbound app, ``@bindable``, a coroutine function, an endpoint named apart
+    from its function.
+    """
+    instance = app._instance
+    handler = app._endpoints.get(endpoint)
+    method = getattr(instance, endpoint, None) if instance is not None else None
+    function = getattr(method, "__func__", None)
+    if (handler is None or function is None or getattr(function, "__klein_bound__", False)
+            or inspect.iscoroutinefunction(function)):
+        return None
+    closed_over = [cell.cell_contents for cell in (handler.__closure__ or ())]
+    return method if any(f is function for f in closed_over) else None
+
+
+def counter_add(counter: Any) -> Any:
+    """A prometheus-client counter child's value's own ``inc(amount)`` (``_value.inc``): ``Counter.inc`` without
+    its checks (observable, amount not negative), for a cached child incremented once a request by 1."""
+    return counter._value.inc
 
 
 def klein_error_handlers(app: Any) -> list[Any]:
@@ -150,6 +184,12 @@ def _klein_resource() -> Any:
     return KleinResource(Klein())
 
 
+def _counter_child() -> Any:
+    from prometheus_client import CollectorRegistry, Counter
+
+    return Counter("c", "c", ["l"], registry=CollectorRegistry()).labels("x")
+
+
 def _hdr() -> Any:
     from hdrh.histogram import HdrHistogram
 
@@ -171,6 +211,13 @@ PRIVATE_NAMES: list[tuple[str, str, Any]] = [
     ("twisted.internet.endpoints.SSL4ServerEndpoint", "_sslContextFactory", _ssl_endpoint),
     ("klein.resource.KleinResource", "_app", _klein_resource),
     ("klein.Klein", "_error_handlers", lambda: _klein_resource()._app),
+    ("klein.Klein", "_instance", lambda: _klein_resource()._app),
+    ("klein.Klein", "_endpoints", lambda: _klein_resource()._app),
+    ("twisted.web.server.Request", "_handleStar", lambda: import_module("twisted.web.server").Request),
+    ("twisted.web.server.Request", "_encoder", lambda: import_module("twisted.web.server").Request),
+    ("twisted.web.server.Request", "_inFakeHead", lambda: import_module("twisted.web.server").Request),
+    ("twisted.web.resource", "_IEncodingResource", lambda: import_module("twisted.web.resource")),
+    ("prometheus_client Counter child", "_value", _counter_child),
     ("hdrh.histogram.HdrHistogram", "_hdr_median_equiv_value", _hdr),
     ("twisted.web._newclient", "HTTP11ClientProtocol", lambda: import_module("twisted.web._newclient")),
     ("twisted.web._newclient", "Request", lambda: import_module("twisted.web._newclient")),

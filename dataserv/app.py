@@ -123,7 +123,7 @@ class DataApp:
             self.metrics.bad_requests.labels("work_ms").inc()
             return _plain(request, 400, str(e))
         calibration = self.calibration
-        iterations = calibration.iterations if work_ms is None else calibration.iterations_for(work_ms)
+        iterations = calibration.iterations_for(calibration.work_ms if work_ms is None else work_ms)
         # the queue timeout counts from the request's arrival: its wait in the kernel and any parking included
         d = self.dispatcher.submit(calibration.kind, iterations, waited=getattr(request, "waited", 0.0))
         d.addCallback(self._digest, request)

@@ -111,16 +111,18 @@ class Dispatcher(Service):
 
     def full(self) -> bool:
         """Whether a submission now would fail with ``queue_full``."""
-        return bool(self.max_queue) and self.outstanding - self.size >= self.max_queue
+        # (outstanding, inlined: this and submit run for every /data request)
+        return bool(self.max_queue) and self.submitted - self.completed - self.size >= self.max_queue
 
     def submit(self, kind: str, iterations: int, waited: float = 0.0) -> Deferred[WorkDone]:
         """Queue one item of work; the Deferred fires with its digest and timing.  ``waited``: seconds the
         request waited before it was submitted (the kernel's accept queue, parking), taken off its queue timeout."""
-        if self.full():
+        waiting = self.submitted - self.completed - self.size
+        if self.max_queue and waiting >= self.max_queue:  # full(), inlined
             return fail(Overloaded("queue_full"))
         self.submitted += 1
         if self.on_depth is not None:
-            self.on_depth(self.outstanding - self.size)
+            self.on_depth(waiting + 1)
         submitted = time.monotonic()
         deadline = submitted - waited + self.queue_timeout if self.queue_timeout else 0.0
         return self._submit(kind, iterations, submitted, deadline)
@@ -158,7 +160,7 @@ class Dispatcher(Service):
     def _complete(self) -> None:
         self.completed += 1
         if self.on_depth is not None:
-            self.on_depth(self.outstanding - self.size)
+            self.on_depth(self.submitted - self.completed - self.size)
 
     @property
     def outstanding(self) -> int:

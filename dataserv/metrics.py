@@ -31,6 +31,7 @@ from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
+from dataserv import _compat
 from dataserv.badinput import REASONS as BAD_INPUT_REASONS
 from dataserv.cputime import ThreadCpuCollector
 
@@ -203,8 +204,9 @@ class Metrics:
         inc = self._request_children.get(key)
         if inc is None:
             label = method.decode("latin-1") if method in _KNOWN_METHODS else "other"
-            inc = self._request_children[key] = self.requests.labels(route, label, str(code)).inc
-        inc()
+            # Counter.inc without its checks: counted once a request, always by 1
+            inc = self._request_children[key] = _compat.counter_add(self.requests.labels(route, label, str(code)))
+        inc(1)
         observe = self._duration_children.get(route)
         if observe is None:
             observe = self._duration_children[route] = self.request_duration.labels(route).observe
