@@ -81,7 +81,8 @@ def test_requests_scheduled_in_a_freeze_are_counted_slow(tmp_path: Path, server_
 
 
 def test_closed_model_throughput_is_users_over_delay(tmp_path: Path, server_factory) -> None:
-    """20 users against a 200 ms server: 20 / 0.2 s = 100 rps within 5%, and within 2% of what the server saw.
+    """20 users against a 200 ms server: 20 / 0.2 s = 100 rps less the per-request overhead (within 10%), within
+    2% of what the server saw and of users / mean latency (Little's law).
 
     The server's figure: each keep-alive connection carries one user's
     requests back to back, so the spacing of arrivals on it is that user's
@@ -104,7 +105,12 @@ def test_closed_model_throughput_is_users_over_delay(tmp_path: Path, server_fact
     assert step["ok"] == server.stats()["requests"]
     assert len(by_port) == users
     assert abs(step["achieved_rps"] - seen) <= 0.02 * seen, (step["achieved_rps"], seen)
-    assert abs(step["achieved_rps"] - users / delay_s) <= 0.05 * users / delay_s, step["achieved_rps"]
+    # Little's law for a closed loop without think time: users = rate x time per request, to 2%.
+    mean_s = step["latency_ms"]["mean"] / 1000
+    assert abs(step["achieved_rps"] - users / mean_s) <= 0.02 * users / mean_s, (step["achieved_rps"], mean_s)
+    # U/D bounds it from above; each request's own overhead (3 to 7 ms here, more when the shared
+    # machine stalls) keeps it under: within 10% (measured 93.8 to 98.0 rps).
+    assert 0.90 * users / delay_s <= step["achieved_rps"] <= 1.01 * users / delay_s, step["achieved_rps"]
     assert delay_s * 1000 <= step["latency_ms"]["p50"] <= delay_s * 1000 + 10.0, step["latency_ms"]
 
 
@@ -162,7 +168,8 @@ def test_procs_are_separate_processes_whose_requests_interleave(tmp_path: Path, 
     assert step["offered_rps"] == pytest.approx(rate)
     assert abs(step["achieved_rps"] - rate) <= 0.03 * rate
     assert delay_ms <= step["latency_ms"]["p50"] <= delay_ms + 2.0, step["latency_ms"]
-    assert step["latency_ms"]["p99"] <= delay_ms + 15.0, step["latency_ms"]
+    # p99: one scheduling stall of two generators and the server on two shared cores reached 25 ms (CI, 2026-12-07)
+    assert step["latency_ms"]["p99"] <= delay_ms + 30.0, step["latency_ms"]
     assert abs(statistics.median(gaps) - 1 / rate) <= 0.25 / rate, statistics.median(gaps)
     assert close_pairs <= 0.15, close_pairs
 
