@@ -51,6 +51,7 @@ class Twistd:
         )
         try:
             self.port = self._wait_for_port()
+            self._wait_for_sigterm_handler()
         except BaseException:
             if self.proc.poll() is None:  # it did not start: leave nothing running
                 self.proc.kill()
@@ -68,6 +69,19 @@ class Twistd:
                 return int(m.group(1))
             time.sleep(0.05)
         raise AssertionError(f"twistd did not listen: {self.output()}")
+
+    def _wait_for_sigterm_handler(self) -> None:
+        """Until the process catches SIGTERM (``SigCgt`` in /proc): twistd logs "listening" from the services'
+        start, which can run before the reactor installs its signal handlers; a SIGTERM in between would kill
+        the process outright instead of draining it (seen once in CI)."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+            caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M).group(1), 16)
+            if caught & (1 << (signal.SIGTERM - 1)):
+                return
+            time.sleep(0.01)
+        raise AssertionError(f"twistd never caught SIGTERM: {self.output()}")
 
     def output(self) -> str:
         return (self.log.read_text() if self.log.exists() else "") + (
