@@ -7,7 +7,6 @@ route handlers are called as the bound methods Klein itself would call (``_compa
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 from klein import Klein
@@ -113,10 +112,24 @@ def test_a_404_still_has_server_and_date() -> None:
     assert any(_DATE.fullmatch(h[6:]) for h in headers if h.startswith(b"Date: "))
 
 
-def test_the_date_is_formatted_once_a_second() -> None:
+def test_the_date_is_formatted_once_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """http_date is twisted.web's datetimeToString of the current second, formatted once per second."""
+    now = [1_800_000_000.2]
+    formatted: list[int] = []
+
+    def counting(seconds: int) -> bytes:
+        formatted.append(seconds)
+        return datetimeToString(seconds)
+
+    monkeypatch.setattr(site.time, "time", lambda: now[0])
+    monkeypatch.setattr(site, "datetimeToString", counting)
+    monkeypatch.setattr(site, "_date_cache", (-1, b""))
     first = site.http_date()
-    assert first == datetimeToString(int(time.time())) or first == datetimeToString(int(time.time()) - 1)
-    assert site.http_date() is site.http_date() or _DATE.fullmatch(site.http_date())
+    now[0] += 0.7
+    assert site.http_date() is first and first == datetimeToString(1_800_000_000)
+    now[0] += 0.2  # the next second
+    assert site.http_date() == datetimeToString(1_800_000_001)
+    assert formatted == [1_800_000_000, 1_800_000_001]
 
 
 class _Routes:
