@@ -19,11 +19,6 @@ from typing import Any
 
 from twisted.internet.endpoints import TCP4ServerEndpoint
 
-# twisted.web's HTTP/1.1 client protocol and request, driven directly by
-# loadgen's hot path (loadgen/lib/_client.py): twisted.web.client's Agent adds
-# a pool, a Deferred chain and a header copy per request.  No public name.
-from twisted.web._newclient import HTTP11ClientProtocol  # noqa: F401  (re-exported)
-from twisted.web._newclient import Request as ClientRequest  # noqa: F401  (re-exported)
 from twisted.web.client import _RetryingHTTP11ClientProtocol
 from twisted.web.http import HTTPChannel, Request
 
@@ -190,6 +185,13 @@ def _counter_child() -> Any:
     return Counter("c", "c", ["l"], registry=CollectorRegistry()).labels("x")
 
 
+def _tcp_client() -> Any:
+    from twisted.internet.abstract import FileDescriptor
+    from twisted.internet.testing import MemoryReactor
+
+    return FileDescriptor(MemoryReactor())  # what tcp.Client's write buffer is, attribute for attribute
+
+
 def _hdr() -> Any:
     from hdrh.histogram import HdrHistogram
 
@@ -219,8 +221,11 @@ PRIVATE_NAMES: list[tuple[str, str, Any]] = [
     ("twisted.web.resource", "_IEncodingResource", lambda: import_module("twisted.web.resource")),
     ("prometheus_client Counter child", "_value", _counter_child),
     ("hdrh.histogram.HdrHistogram", "_hdr_median_equiv_value", _hdr),
-    ("twisted.web._newclient", "HTTP11ClientProtocol", lambda: import_module("twisted.web._newclient")),
-    ("twisted.web._newclient", "Request", lambda: import_module("twisted.web._newclient")),
     ("twisted.web.client", "_RetryingHTTP11ClientProtocol", lambda: import_module("twisted.web.client")),
+    # loadgen/lib/_client.py's _EagerClient (a tcp.Client that sends at once when nothing is buffered) reads
+    # these of itself, and makes itself through tcp.Connector's _makeTransport
+    ("twisted.internet.tcp.Client", "_tempDataLen", _tcp_client),
+    ("twisted.internet.tcp.Client", "_writeDisconnected", _tcp_client),
+    ("twisted.internet.tcp.Connector", "_makeTransport", lambda: import_module("twisted.internet.tcp").Connector),
     ("twisted.web.client._RetryingHTTP11ClientProtocol", "_shouldRetry", lambda: _RetryingHTTP11ClientProtocol),
 ]

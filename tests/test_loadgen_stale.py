@@ -113,7 +113,7 @@ def test_a_stale_get_is_resent_once_on_a_new_connection_and_its_latency_counts_t
     assert run.opened == 2  # a new connection, for the resend
     run.reactor.advance(0.004)
     second = run.connection(1)
-    assert second.transport.value() == run.engine.requests[1]._bytes  # request 2 again, alone
+    assert second.transport.value() == run.engine.requests[1].data  # request 2 again, alone
     run.reactor.advance(0.001)
     second.dataReceived(OK)
     step = run.finish()

@@ -55,13 +55,13 @@ def test_interleave_is_deterministic_and_refuses_bad_weights() -> None:
 
 def test_a_prepared_request_carries_its_method_and_body_byte_exact() -> None:
     body = b"a\r\n\r\nb\x00\xff"
-    raw = PreparedRequest(b"/x?y=1", b"h:1", [(b"X-A", b"1")], True, b"PATCH", body)._bytes
+    raw = PreparedRequest(b"/x?y=1", b"h:1", [(b"X-A", b"1")], True, b"PATCH", body).data
     head, sep, rest = raw.partition(b"\r\n\r\n")
     assert sep and rest == body
     assert head.split(b"\r\n") == [b"PATCH /x?y=1 HTTP/1.1", b"Host: h:1", b"X-A: 1", b"Content-Length: 8"]
-    post = PreparedRequest(b"/", b"h", [], False, b"POST")._bytes
+    post = PreparedRequest(b"/", b"h", [], False, b"POST").data
     assert post == b"POST / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    assert b"Content-Length" not in PreparedRequest(b"/", b"h", [], True)._bytes
+    assert b"Content-Length" not in PreparedRequest(b"/", b"h", [], True).data
 
 
 # -- target files ---------------------------------------------------------------
