@@ -39,6 +39,26 @@ def pool_would_resend(exception: BaseException) -> bool:
     return bool(_RetryingHTTP11ClientProtocol._shouldRetry(None, b"GET", exception, None))
 
 
+def set_tls_groups(context: Any, groups: bytes) -> bool:
+    """Set the key exchange groups an OpenSSL context offers (``SSL_CTX_set1_groups_list``, OpenSSL's syntax:
+    ``X25519:P-256``); False when OpenSSL rejects the list.
+
+    pyOpenSSL has no method for it (``set_tmp_ecdh`` takes one curve, and not X25519 or a hybrid), so this calls
+    OpenSSL through pyOpenSSL's binding (``OpenSSL._util.lib``, under its older name ``set1_curves_list``) on the
+    context's pointer (``Context._context``).
+    """
+    from OpenSSL._util import lib
+
+    return bool(lib.SSL_CTX_set1_curves_list(context._context, groups) == 1)
+
+
+def client_tls_context(options: Any) -> Any:
+    """The OpenSSL context every connection of ``optionsForClientTLS``'s answer is made from: its
+    ``CertificateOptions``' (cached) context, reached through the connection maker it was given
+    (``ClientTLSOptions._createConnection``, ``CertificateOptions._makeTLSConnection``)."""
+    return options._createConnection.__self__.getContext()
+
+
 def handling_request(channel: HTTPChannel) -> bool:
     """Whether the channel is processing a request (head and body in, response not finished).
 
@@ -224,6 +244,14 @@ PRIVATE_NAMES: list[tuple[str, str, Any]] = [
     ("twisted.web.client", "_RetryingHTTP11ClientProtocol", lambda: import_module("twisted.web.client")),
     # loadgen/lib/_client.py's _EagerClient (a tcp.Client that sends at once when nothing is buffered) reads
     # these of itself, and makes itself through tcp.Connector's _makeTransport
+    ("OpenSSL._util", "lib", lambda: import_module("OpenSSL._util")),
+    ("OpenSSL._util.lib", "SSL_CTX_set1_curves_list", lambda: import_module("OpenSSL._util").lib),
+    ("OpenSSL.SSL.Context", "_context", lambda: import_module("OpenSSL.SSL").Context(
+        import_module("OpenSSL.SSL").TLS_CLIENT_METHOD)),
+    ("twisted.internet._sslverify.ClientTLSOptions", "_createConnection",
+     lambda: import_module("twisted.internet.ssl").optionsForClientTLS("example.com")),
+    ("twisted.internet._sslverify.OpenSSLCertificateOptions", "_makeTLSConnection",
+     lambda: import_module("twisted.internet.ssl").CertificateOptions()),
     ("twisted.internet.tcp.Client", "_tempDataLen", _tcp_client),
     ("twisted.internet.tcp.Client", "_writeDisconnected", _tcp_client),
     ("twisted.internet.tcp.Connector", "_makeTransport", lambda: import_module("twisted.internet.tcp").Connector),

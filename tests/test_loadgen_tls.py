@@ -286,9 +286,30 @@ def test_a_server_that_demands_a_client_certificate_gets_one_from_cert_and_key(t
     assert step["ok"] == 0 and step["errors"] == {"tls": step["requests"]} and step["requests"] >= 45
 
 
+@pytest.mark.slow
+def test_tls_groups_decide_the_key_exchange(tmp_path: Path, certs, tls_servers) -> None:
+    """A server that takes only P-384: offering X25519 alone, every handshake fails (tls errors), verified or not;
+    offering X25519:P-384, the server asks for P-384 and every request succeeds; the result records the list."""
+    server = tls_servers("--tls-groups", "P-384")
+    for trust in (("--cacert", str(certs["server"].ca)), ("--insecure",)):
+        code, result = run_result(tmp_path, server.url, *trust, "--tls-groups", "X25519", "--rate", "50",
+                                  "--duration", "0.5s", "--connection", "close")
+        step = result["steps"][0]
+        assert step["ok"] == 0 and step["errors"] == {"tls": step["requests"]} and step["requests"] >= 20, trust
+    code, result = run_result(tmp_path, server.url, "--cacert", str(certs["server"].ca), "--tls-groups",
+                              "X25519:P-384", "--rate", "50", "--duration", "0.5s", "--connection", "close")
+    step = result["steps"][0]
+    assert code == 0 and step["errors"] == {} and step["ok"] == step["requests"] >= 20
+    assert result["tls_groups"] == "X25519:P-384"
+    assert "(--tls-groups X25519:P-384)" in loadgen("report", str(tmp_path / "result.json")).stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["https://localhost:1/", "--tls-groups", "X25519:NOPE"], "--tls-groups 'X25519:NOPE' is not a list"),
+        (["https://localhost:1/", "--tls-groups", ""], "--tls-groups '' is not a list"),
+        (["http://localhost:1/", "--tls-groups", "X25519"], "--tls-groups applies to https:// URLs"),
         (["https://localhost:1/", "--cacert", "/nonexistent/ca.pem"], "--cacert cannot read '/nonexistent/ca.pem'"),
         (["https://localhost:1/", "--cacert", "{server.key}"], "--cacert '"),
         (["https://localhost:1/", "--cert", "{client.cert}"], "--cert '"),

@@ -94,6 +94,10 @@ def add_load_options(p: argparse.ArgumentParser) -> None:
                      help="verify nothing about the server's certificate (the result says so); SNI is still sent")
     tls.add_argument("--cert", metavar="PEM", help="client certificate (its key too, unless --key)")
     tls.add_argument("--key", metavar="PEM", help="the client certificate's private key")
+    tls.add_argument("--tls-groups", metavar="LIST",
+                     help="key exchange groups to offer, in OpenSSL's syntax (e.g. X25519:P-256, or "
+                          "X25519MLKEM768:X25519); the first one's key share is sent. Default: OpenSSL's own "
+                          "(post-quantum X25519MLKEM768 and X25519 key shares where OpenSSL has them)")
     p.add_argument("-H", "--header", action="append", default=[], dest="headers", metavar="'K: V'",
                    help="extra request header; repeatable")
     p.add_argument("--max-in-flight", type=int, default=1000,
@@ -123,11 +127,13 @@ def target(args: argparse.Namespace) -> TargetMix:
             one = resolve_target(args.url, args.headers, method=args.method or "GET", body=body)
             mix = TargetMix([one], expect_status=expect, per_target=False)
         given = [flag for flag, value in (("--cacert", args.cacert), ("--insecure", args.insecure),
-                                          ("--cert", args.cert), ("--key", args.key)) if value]
+                                          ("--cert", args.cert), ("--key", args.key),
+                                          ("--tls-groups", args.tls_groups)) if value not in (None, False)]
         if given and not mix.targets[0].tls:
             raise UsageError(f"{given[0]} applies to https:// URLs")
         if given:
-            mix.tls = load_tls(cacert=args.cacert, cert=args.cert, key=args.key, insecure=args.insecure)
+            mix.tls = load_tls(cacert=args.cacert, cert=args.cert, key=args.key, insecure=args.insecure,
+                               groups=args.tls_groups)
         return mix
     except InputError as e:
         raise named(e) from None
@@ -140,7 +146,7 @@ def target_argv(args: argparse.Namespace) -> list[str]:
         argv += ["-H", h]
     for flag, value in (("--method", args.method), ("--body", args.body), ("--body-file", args.body_file),
                         ("--expect-status", args.expect_status), ("--cacert", args.cacert), ("--cert", args.cert),
-                        ("--key", args.key)):
+                        ("--key", args.key), ("--tls-groups", args.tls_groups)):
         if value is not None:
             argv.append(f"{flag}={value}")  # one word: a body may start with "-"
     if args.insecure:
@@ -185,6 +191,8 @@ def finish(args: argparse.Namespace, result: RunResult, slos: list[Slo], step_fo
             result.slo = [s.evaluate(step_for_slo) for s in slos]
         failed = not all(v["pass"] for v in result.slo)
     result.insecure = result.insecure or bool(getattr(args, "insecure", False))
+    if getattr(args, "tls_groups", None) is not None:
+        result.tls_groups = args.tls_groups
     if args.out:
         result.dump(args.out)
     sys.stdout.write(render(result, "text"))

@@ -152,7 +152,7 @@ def merge_results(results: Sequence[RunResult]) -> RunResult:
         raise ValueError("nothing to merge: no results given")
     first = results[0]
     for position, result in enumerate(results[1:], start=1):
-        for name in ("target", "model", "connection"):
+        for name in ("target", "model", "connection", "tls_groups"):
             if getattr(result, name) != getattr(first, name):
                 raise ValueError(
                     f"result {position} has {name} {getattr(result, name)!r}, result 0 has {getattr(first, name)!r}"
@@ -174,4 +174,5 @@ def merge_results(results: Sequence[RunResult]) -> RunResult:
         knee=None,
         slo=[],
         insecure=any(result.insecure for result in results),
+        tls_groups=first.tls_groups,
     )

@@ -137,6 +137,7 @@ def _header(result: RunResult) -> str:
     return (
         f"{result.tool} {result.version}  {result.target}  {result.model} model, {result.connection}, "
         f"started {result.started_at}" + ("  (--insecure: TLS certificates not verified)" if result.insecure else "")
+        + (f"  (--tls-groups {result.tls_groups})" if result.tls_groups is not None else "")
     )
 
 

@@ -130,6 +130,7 @@ class RunResult:
     knee: dict[str, Any] | None = None
     slo: list[dict[str, Any]] = field(default_factory=list)
     insecure: bool = False  # --insecure: TLS certificates were not verified (written only when true)
+    tls_groups: str | None = None  # --tls-groups: the key exchange groups offered (written only when given)
 
     @property
     def knee_step(self) -> StepResult | None:
@@ -152,6 +153,7 @@ class RunResult:
             "knee": self.knee,
             "slo": list(self.slo),
             **({"insecure": True} if self.insecure else {}),
+            **({"tls_groups": self.tls_groups} if self.tls_groups is not None else {}),
         }
 
     @classmethod
@@ -188,6 +190,7 @@ class RunResult:
             knee=data.get("knee"),
             slo=list(data.get("slo") or []),
             insecure=data.get("insecure") is True,
+            tls_groups=data["tls_groups"] if isinstance(data.get("tls_groups"), str) else None,
         )
 
     def dump(self, path: str | os.PathLike[str]) -> None:

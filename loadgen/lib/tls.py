@@ -8,7 +8,12 @@ against the trust roots, then the name with service_identity); with
 ``insecure`` nothing is verified, but the server name is still sent (SNI),
 so a server that picks its certificate by name answers as it would.  Every
 handshake is a full one: sessions are not resumed, since the cost of a
-handshake is what a ``Connection: close`` run over TLS measures.
+handshake is what a ``Connection: close`` run over TLS measures.  ``groups``
+(``--tls-groups``) sets the key exchange groups offered, which decide both
+sides' cost of a handshake: OpenSSL 3.5 and later offer a post-quantum
+X25519MLKEM768 key share beside X25519's by default (a 1.2 KB ClientHello and
+an ML-KEM key made per connection, used or not), where OpenSSL 3.0, and most
+clients before 2025, offer X25519 alone.
 
 A failed handshake or verification reaches the engine as one of
 :data:`TLS_ERRORS`, counted as errors of kind ``tls``.
@@ -33,6 +38,7 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from zope.interface import implementer
 
+from dataserv._compat import client_tls_context, set_tls_groups
 from loadgen.lib.inputs import InputError, read_bytes
 
 # What a failed handshake or verification is: OpenSSL's errors (no shared
@@ -45,11 +51,13 @@ TLS_ERRORS: tuple[type[BaseException], ...] = (SSL.Error, VerificationError)
 class _Unverified:
     """A client connection creator that verifies nothing but still sends the server name (SNI)."""
 
-    def __init__(self, server_name: str, client: ssl.PrivateCertificate | None) -> None:
+    def __init__(self, server_name: str, client: ssl.PrivateCertificate | None, groups: bytes | None) -> None:
         extra: dict[str, Any] = {}
         if client is not None:
             extra = {"privateKey": client.privateKey.original, "certificate": client.original}
         self._context = ssl.CertificateOptions(verify=False, **extra).getContext()
+        if groups is not None:
+            set_tls_groups(self._context, groups)
         self._sni = None if not server_name or isIPAddress(server_name) or isIPv6Address(server_name) \
             else server_name.encode("idna")
 
@@ -67,17 +75,21 @@ class TlsClient:
     trust: ssl.Certificate | None = None
     client: ssl.PrivateCertificate | None = None
     insecure: bool = False
+    groups: bytes | None = None  # the key exchange groups offered (None: OpenSSL's default)
 
     def creator(self, server_name: str) -> Any:
         """An ``IOpenSSLClientConnectionCreator`` for connections to ``server_name`` (the URL's host)."""
         if self.insecure:
-            return _Unverified(server_name, self.client)
-        return ssl.optionsForClientTLS(server_name, trustRoot=self.trust if self.trust is not None
-                                       else ssl.platformTrust(), clientCertificate=self.client)
+            return _Unverified(server_name, self.client, self.groups)
+        options = ssl.optionsForClientTLS(server_name, trustRoot=self.trust if self.trust is not None
+                                          else ssl.platformTrust(), clientCertificate=self.client)
+        if self.groups is not None:
+            set_tls_groups(client_tls_context(options), self.groups)
+        return options
 
 
 def load_tls(*, cacert: str | None = None, cert: str | None = None, key: str | None = None,
-             insecure: bool = False) -> TlsClient:
+             insecure: bool = False, groups: str | None = None) -> TlsClient:
     """Read and check the TLS materials; a missing or unparseable file raises :class:`InputError` naming it.
 
     ``cacert``: PEM certificate(s) of the CA to trust instead of the
@@ -89,6 +101,12 @@ def load_tls(*, cacert: str | None = None, cert: str | None = None, key: str | N
         raise InputError("cacert", "has no use when nothing is verified (insecure)")
     if key is not None and cert is None:
         raise InputError("key", "is given without a client certificate (cert)")
+    group_list = None
+    if groups is not None:
+        group_list = groups.encode("ascii", "replace")
+        if not groups.strip() or not set_tls_groups(SSL.Context(SSL.TLS_CLIENT_METHOD), group_list):
+            raise InputError("tls-groups", f"{groups!r} is not a list of key exchange groups OpenSSL knows "
+                                           "(e.g. X25519:P-256, X25519MLKEM768:X25519)")
     trust = None
     if cacert is not None:
         data = read_bytes(cacert, "cacert")
@@ -113,7 +131,7 @@ def load_tls(*, cacert: str | None = None, cert: str | None = None, key: str | N
             client = ssl.PrivateCertificate.loadPEM(cert_data + b"\n" + key_data)
         except Exception:  # noqa: BLE001 - Twisted's VerifyError when the key is another certificate's
             raise InputError("key", f"{key or cert!r} is not the key of {cert!r}") from None
-    return TlsClient(trust=trust, client=client, insecure=insecure)
+    return TlsClient(trust=trust, client=client, insecure=insecure, groups=group_list)
 
 
 # -- certificates for compare --tls and the tests ----------------------------------

@@ -2,7 +2,7 @@
 
     python delay_server.py [--delay-ms 10] [--capacity N]
                            [--freeze-ms 0 (--freeze-every-ms 1500 | --freeze-at-ms 500,2250)]
-                           [--tls-cert PEM --tls-key PEM [--client-ca PEM]]
+                           [--tls-cert PEM --tls-key PEM [--client-ca PEM] [--tls-groups LIST]]
                            [--idle-timeout S] [--stale-after S]
 
 Prints ``port N`` once listening on a free loopback port.  It imports nothing
@@ -196,6 +196,7 @@ def main() -> None:
     parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate")
     parser.add_argument("--tls-key", help="the certificate's PEM key")
     parser.add_argument("--client-ca", help="demand client certificates signed by this CA (PEM)")
+    parser.add_argument("--tls-groups", help="accept only these key exchange groups (OpenSSL's syntax)")
     parser.add_argument("--idle-timeout", type=float, default=None, help="close connections idle this many seconds")
     parser.add_argument("--stale-after", type=float, default=0.0,
                         help="close, unanswered, a request arriving this many seconds or more after its "
@@ -214,6 +215,10 @@ def main() -> None:
             with open(args.client_ca, "rb") as ca:
                 extra = {"verify": True, "requireCertificate": True, "caCerts": [ssl.Certificate.loadPEM(ca.read()).original]}
         options = ssl.CertificateOptions(privateKey=server.privateKey.original, certificate=server.original, **extra)
+        if args.tls_groups:  # pyOpenSSL has no method for it: OpenSSL's own call, through pyOpenSSL's binding
+            from OpenSSL._util import lib
+
+            assert lib.SSL_CTX_set1_curves_list(options.getContext()._context, args.tls_groups.encode()) == 1
         port = reactor.listenSSL(0, site, options, backlog=1024, interface="127.0.0.1")
     else:
         port = reactor.listenTCP(0, site, backlog=1024, interface="127.0.0.1")
