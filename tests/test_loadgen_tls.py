@@ -304,6 +304,21 @@ def test_tls_groups_decide_the_key_exchange(tmp_path: Path, certs, tls_servers) 
     assert "(--tls-groups X25519:P-384)" in loadgen("report", str(tmp_path / "result.json")).stdout
 
 
+@pytest.mark.slow
+def test_by_default_a_post_quantum_key_exchange_is_offered(tmp_path: Path, tls_servers) -> None:
+    """README: without --tls-groups, loadgen's OpenSSL offers X25519MLKEM768, so a server that takes only that
+    group completes every handshake (and X25519 alone does not)."""
+    server = tls_servers("--tls-groups", "X25519MLKEM768")
+    code, result = run_result(tmp_path, server.url, "--insecure", "--rate", "50", "--duration", "0.5s",
+                              "--connection", "close")
+    step = result["steps"][0]
+    assert code == 0 and step["errors"] == {} and step["ok"] == step["requests"] >= 20
+    assert "tls_groups" not in result
+    code, result = run_result(tmp_path, server.url, "--insecure", "--tls-groups", "X25519", "--rate", "50",
+                              "--duration", "0.5s", "--connection", "close")
+    assert result["steps"][0]["ok"] == 0
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
