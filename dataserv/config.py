@@ -50,6 +50,18 @@ def _non_negative_float(name: str, raw: str) -> float:
     return value
 
 
+def _nice(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"--{name} must be a nice value from 0 to 19, got {raw!r}") from None
+    if not 0 <= value <= 19:
+        raise ConfigError(f"--{name} must be a nice value from 0 to 19, got {raw!r}")
+    if value and not hasattr(os, "setpriority"):
+        raise ConfigError(f"--{name}: this platform cannot set a thread's priority (no os.setpriority)")
+    return value
+
+
 def _path(name: str, raw: str) -> str:
     if not raw or "\0" in raw:
         raise ConfigError(f"--{name} must be a file path or -, got {raw!r}")
@@ -132,6 +144,10 @@ OPTIONS: dict[str, tuple[str | None, Callable[[str, str], Any], str]] = {
     "pool-cpus": (None, _cpu_list,
                   "CPUs (taskset list) for the pool's threads or processes: worker i on the i-th CPU when there "
                   "are as many CPUs as workers, else on all of them."),
+    "reactor-nice": ("0", _nice,
+                     "Nice value (0-19) of the reactor thread alone (threads dispatch), set once the pool's "
+                     "threads run: where they share CPUs, the work wins the CPU from accepting and answering "
+                     "more than the pool can finish. 0: the same priority."),
 }
 
 
@@ -191,6 +207,9 @@ def resolve(cli: Mapping[str, Any], listen: list[str], file_values: Mapping[str,
         raise ConfigError(f"--queue-low-water {low_water} needs a --max-queue above 0 (0 = unbounded)")
     if low_water is not None and not low_water < max_queue:
         raise ConfigError(f"--queue-low-water must be below --max-queue ({max_queue}), got {low_water}")
+    if resolved["reactor-nice"] and resolved["dispatch"] != "threads":
+        raise ConfigError(f"--reactor-nice applies to --dispatch threads (with {resolved['dispatch']} there is "
+                          "no pool thread for the reactor to yield to)")
     if resolved["work-iterations"] is not None and resolved["work-ms"] <= 0:
         raise ConfigError("--work-iterations needs a --work-ms above 0 (the time those iterations stand for)")
     resolved["listen"] = list(listen) or list(file_values.get("listen") or [DEFAULT_LISTEN])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import threading
 from typing import Any
 
 from OpenSSL import SSL, crypto
@@ -249,6 +251,8 @@ def build(options: Any, reactor: IReactorCore, registry: CollectorRegistry | Non
         ReactorCpus(reactor_cpus).setServiceParent(root)
     dispatcher.setName("dispatcher")
     dispatcher.setServiceParent(root)
+    if options.get("reactor-nice"):  # after the pool: its threads are started at nice 0, not the reactor's
+        ReactorNice(options["reactor-nice"]).setServiceParent(root)
     ReactorLagProbe(reactor, metrics.reactor_lag.observe).setServiceParent(root)
     if access_log is not None:
         access_log.setName("access-log")
@@ -310,6 +314,29 @@ class ReactorCpus(Service):
         super().startService()
         affinity.pin_all_threads(self.cpus)
         _log.info("dataserv reactor on CPUs {cpus}", cpus=affinity.format_cpu_list(self.cpus))
+
+
+class ReactorNice(Service):
+    """Lowers the reactor thread's priority (``--reactor-nice``) when the tree starts, after the pool's.
+
+    Linux keeps a nice value per thread, and a new thread takes its
+    starter's: so the pool's threads, already running, keep theirs, and
+    threads the reactor starts later take the reactor's.  Where the reactor
+    shares CPUs with the pool, an overloaded reactor (accepting, parsing and
+    answering 503s) then takes CPU from the work only when the work leaves
+    some.  Lowering is allowed to any process; raising it back is not
+    (RLIMIT_NICE), so it is set once, for the process's life.
+    """
+
+    name = "reactor-nice"
+
+    def __init__(self, nice: int) -> None:
+        self.nice = nice
+
+    def startService(self) -> None:
+        super().startService()
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+        _log.info("dataserv reactor thread at nice {nice}", nice=self.nice)
 
 
 class Drainer(Service):

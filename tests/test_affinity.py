@@ -345,3 +345,60 @@ def test_peers_pin_their_loop_and_their_work_threads(peer, tmp_path: Path) -> No
         assert set(threads.values()) <= {loop, pool}, threads  # nothing left unpinned
     finally:
         server.kill()
+
+
+# -- --reactor-nice ---------------------------------------------------------------------
+
+
+def _nice_and_name(pid: int, tid: int) -> tuple[int, str]:
+    """A thread's nice value (``/proc/PID/task/TID/stat``, field 19) and its name there."""
+    stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+    name = stat[stat.index("(") + 1:stat.rindex(")")]
+    return int(stat[stat.rindex(")") + 2:].split()[16]), name
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--reactor-nice", "20"], "--reactor-nice must be a nice value from 0 to 19, got '20'"),
+    (["--reactor-nice", "-5"], "--reactor-nice must be a nice value from 0 to 19, got '-5'"),
+    (["--reactor-nice", "low"], "--reactor-nice must be a nice value from 0 to 19, got 'low'"),
+    (["--reactor-nice", "5", "--dispatch", "processes"], "--reactor-nice applies to --dispatch threads"),
+    (["--reactor-nice", "5", "--dispatch", "inline"], "--reactor-nice applies to --dispatch threads"),
+])
+def test_bad_nice_values_exit_2_naming_the_option(args: list[str], message: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        _parse(*args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("twistd dataserv: " + message), err
+
+
+def test_reactor_nice_is_a_service_after_the_pool() -> None:
+    """The nice value is set by a service started after the dispatcher (whose threads then keep nice 0);
+    without the option there is no such service."""
+    names = [s.name for s in tap.makeService(_parse("--reactor-nice", "7"))]
+    assert names.index("reactor-nice") == names.index("dispatcher") + 1
+    assert "reactor-nice" not in [s.name for s in tap.makeService(_parse())]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_only_the_reactor_thread_is_reniced(tmp_path: Path, workers: int) -> None:
+    """A real twistd (and with --workers 2, each worker): the reactor (main) thread at nice 7, the pool's
+    threads at 0; the work still answers."""
+    server = Twistd(tmp_path, "--workers", str(workers), "--dispatch", "threads", "--pool-size", "2", *_FAST,
+                    "--reactor-nice", "7")
+    try:
+        pids = [server.proc.pid] if workers == 1 else _until(lambda: _children(server.proc.pid),
+                                                              lambda c: len(c) == 2, "two workers")
+
+        def check(pid: int) -> None:
+            threads = {tid: _nice_and_name(pid, tid) for tid in map(int, os.listdir(f"/proc/{pid}/task"))}
+            assert threads.pop(pid)[0] == 7, threads
+            assert len(threads) >= 2 and all(nice == 0 for nice, _ in threads.values()), threads  # the pool's 2
+
+        for pid in pids:
+            _eventually(lambda pid=pid: check(pid))
+        assert server.get("/data")[0] == 200
+    finally:
+        assert server.terminate() == 0
