@@ -21,6 +21,9 @@ settle between them (its queue empty, no connection but the check's own):
    503 is retried at once;
 4. ``keep-alive storm``: the same with 400 kept-alive connections.
 
+A policy may carry more dataserv options after ``+``
+(``--policies park,park+--reactor-nice=10``), reported under that name.
+
 Layouts: ``unpinned`` (pool 2, server and client on any CPU) and ``pinned``
 (pool 1 on CPU 1, ``--reactor-cpus 0``, loadgen under ``taskset -c 0``:
 service_bench's pinned layout).  For each load it records goodput (the
@@ -229,9 +232,10 @@ def find_knee(server: ChildServer, prefix: list[str], pool: int, args: argparse.
 
 def one_server(layout: str, policy: str, args: argparse.Namespace) -> dict:
     options, prefix, pool = LAYOUTS[layout]
+    name, *extra = policy.split("+")  # park+--reactor-nice=10: a policy with more dataserv options
     with dataserv("--dispatch", "threads", "--work-ms", f"{args.work_ms:g}", "--work-iterations",
                   str(args.work_iterations), "--max-queue", str(MAX_QUEUE), "--queue-timeout-ms",
-                  f"{QUEUE_TIMEOUT_MS:g}", "--overload-policy", policy, *options) as server:
+                  f"{QUEUE_TIMEOUT_MS:g}", "--overload-policy", name, *options, *extra) as server:
         knee = find_knee(server, prefix, pool, args)
         rows = {load: run_load(server, prefix, load, knee["rps"], args) for load in LOADS}
     knee_goodput = knee["rps"] if knee["found"] is not None else rows["open 1x"]["goodput"]
@@ -304,7 +308,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each load (default 5)")
     parser.add_argument("--layouts", default="unpinned,pinned")
-    parser.add_argument("--policies", default="shed,pause,park")
+    parser.add_argument("--policies", default="shed,pause,park",
+                        help="comma list; a policy may carry more dataserv options after +, e.g. "
+                             "park+--reactor-nice=10")
     parser.add_argument("--work-ms", type=float, default=4.0)
     parser.add_argument("--work-iterations", type=int,
                         help="pbkdf2 iterations for every server (default: what the first one calibrates)")
