@@ -18,7 +18,6 @@ from importlib import import_module
 from typing import Any
 
 from twisted.internet.endpoints import TCP4ServerEndpoint
-
 from twisted.web.client import _RetryingHTTP11ClientProtocol
 from twisted.web.http import HTTPChannel, Request
 
@@ -39,24 +38,25 @@ def pool_would_resend(exception: BaseException) -> bool:
     return bool(_RetryingHTTP11ClientProtocol._shouldRetry(None, b"GET", exception, None))
 
 
-def set_tls_groups(context: Any, groups: bytes) -> bool:
-    """Set the key exchange groups an OpenSSL context offers (``SSL_CTX_set1_groups_list``, OpenSSL's syntax:
+def tls_groups_supported() -> bool:
+    """Whether :func:`set_tls_groups` can work: cryptography's OpenSSL binding has ``SSL_set1_curves_list``
+    (cryptography 43 has not; 50 has)."""
+    from OpenSSL._util import lib
+
+    return hasattr(lib, "SSL_set1_curves_list")
+
+
+def set_tls_groups(connection: Any, groups: bytes) -> bool:
+    """Set the key exchange groups one TLS connection offers (``SSL_set1_groups_list``, OpenSSL's syntax:
     ``X25519:P-256``); False when OpenSSL rejects the list.
 
     pyOpenSSL has no method for it (``set_tmp_ecdh`` takes one curve, and not X25519 or a hybrid), so this calls
-    OpenSSL through pyOpenSSL's binding (``OpenSSL._util.lib``, under its older name ``set1_curves_list``) on the
-    context's pointer (``Context._context``).
+    OpenSSL through the binding pyOpenSSL uses (``OpenSSL._util.lib``, under the call's older name
+    ``set1_curves_list``) on the connection's pointer (``Connection._ssl``).
     """
     from OpenSSL._util import lib
 
-    return bool(lib.SSL_CTX_set1_curves_list(context._context, groups) == 1)
-
-
-def client_tls_context(options: Any) -> Any:
-    """The OpenSSL context every connection of ``optionsForClientTLS``'s answer is made from: its
-    ``CertificateOptions``' (cached) context, reached through the connection maker it was given
-    (``ClientTLSOptions._createConnection``, ``CertificateOptions._makeTLSConnection``)."""
-    return options._createConnection.__self__.getContext()
+    return bool(lib.SSL_set1_curves_list(connection._ssl, groups) == 1)
 
 
 def handling_request(channel: HTTPChannel) -> bool:
@@ -244,14 +244,10 @@ PRIVATE_NAMES: list[tuple[str, str, Any]] = [
     ("twisted.web.client", "_RetryingHTTP11ClientProtocol", lambda: import_module("twisted.web.client")),
     # loadgen/lib/_client.py's _EagerClient (a tcp.Client that sends at once when nothing is buffered) reads
     # these of itself, and makes itself through tcp.Connector's _makeTransport
+    # set_tls_groups (SSL_set1_curves_list itself is optional: tls_groups_supported)
     ("OpenSSL._util", "lib", lambda: import_module("OpenSSL._util")),
-    ("OpenSSL._util.lib", "SSL_CTX_set1_curves_list", lambda: import_module("OpenSSL._util").lib),
-    ("OpenSSL.SSL.Context", "_context", lambda: import_module("OpenSSL.SSL").Context(
-        import_module("OpenSSL.SSL").TLS_CLIENT_METHOD)),
-    ("twisted.internet._sslverify.ClientTLSOptions", "_createConnection",
-     lambda: import_module("twisted.internet.ssl").optionsForClientTLS("example.com")),
-    ("twisted.internet._sslverify.OpenSSLCertificateOptions", "_makeTLSConnection",
-     lambda: import_module("twisted.internet.ssl").CertificateOptions()),
+    ("OpenSSL.SSL.Connection", "_ssl", lambda: import_module("OpenSSL.SSL").Connection(
+        import_module("OpenSSL.SSL").Context(import_module("OpenSSL.SSL").TLS_CLIENT_METHOD))),
     ("twisted.internet.tcp.Client", "_tempDataLen", _tcp_client),
     ("twisted.internet.tcp.Client", "_writeDisconnected", _tcp_client),
     ("twisted.internet.tcp.Connector", "_makeTransport", lambda: import_module("twisted.internet.tcp").Connector),

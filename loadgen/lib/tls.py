@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cryptography
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from OpenSSL import SSL
 from service_identity.exceptions import VerificationError
@@ -38,7 +39,7 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from zope.interface import implementer
 
-from dataserv._compat import client_tls_context, set_tls_groups
+from dataserv._compat import set_tls_groups, tls_groups_supported
 from loadgen.lib.inputs import InputError, read_bytes
 
 # What a failed handshake or verification is: OpenSSL's errors (no shared
@@ -51,13 +52,11 @@ TLS_ERRORS: tuple[type[BaseException], ...] = (SSL.Error, VerificationError)
 class _Unverified:
     """A client connection creator that verifies nothing but still sends the server name (SNI)."""
 
-    def __init__(self, server_name: str, client: ssl.PrivateCertificate | None, groups: bytes | None) -> None:
+    def __init__(self, server_name: str, client: ssl.PrivateCertificate | None) -> None:
         extra: dict[str, Any] = {}
         if client is not None:
             extra = {"privateKey": client.privateKey.original, "certificate": client.original}
         self._context = ssl.CertificateOptions(verify=False, **extra).getContext()
-        if groups is not None:
-            set_tls_groups(self._context, groups)
         self._sni = None if not server_name or isIPAddress(server_name) or isIPv6Address(server_name) \
             else server_name.encode("idna")
 
@@ -65,6 +64,20 @@ class _Unverified:
         connection = SSL.Connection(self._context, None)
         if self._sni is not None:
             connection.set_tlsext_host_name(self._sni)
+        return connection
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _WithGroups:
+    """Another connection creator's connections, offering ``groups`` (``--tls-groups``) as key exchange groups."""
+
+    def __init__(self, creator: Any, groups: bytes) -> None:
+        self._creator = creator
+        self._groups = groups
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection = self._creator.clientConnectionForTLS(tlsProtocol)
+        set_tls_groups(connection, self._groups)  # checked by load_tls: OpenSSL takes the list
         return connection
 
 
@@ -79,13 +92,13 @@ class TlsClient:
 
     def creator(self, server_name: str) -> Any:
         """An ``IOpenSSLClientConnectionCreator`` for connections to ``server_name`` (the URL's host)."""
+        creator: Any
         if self.insecure:
-            return _Unverified(server_name, self.client, self.groups)
-        options = ssl.optionsForClientTLS(server_name, trustRoot=self.trust if self.trust is not None
-                                          else ssl.platformTrust(), clientCertificate=self.client)
-        if self.groups is not None:
-            set_tls_groups(client_tls_context(options), self.groups)
-        return options
+            creator = _Unverified(server_name, self.client)
+        else:
+            creator = ssl.optionsForClientTLS(server_name, trustRoot=self.trust if self.trust is not None
+                                              else ssl.platformTrust(), clientCertificate=self.client)
+        return creator if self.groups is None else _WithGroups(creator, self.groups)
 
 
 def load_tls(*, cacert: str | None = None, cert: str | None = None, key: str | None = None,
@@ -103,8 +116,12 @@ def load_tls(*, cacert: str | None = None, cert: str | None = None, key: str | N
         raise InputError("key", "is given without a client certificate (cert)")
     group_list = None
     if groups is not None:
+        if not tls_groups_supported():
+            raise InputError("tls-groups", f"cannot be set with this cryptography ({cryptography.__version__}): "
+                                           "its OpenSSL binding has no SSL_set1_groups_list; upgrade cryptography")
         group_list = groups.encode("ascii", "replace")
-        if not groups.strip() or not set_tls_groups(SSL.Context(SSL.TLS_CLIENT_METHOD), group_list):
+        probe = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+        if not groups.strip() or not set_tls_groups(probe, group_list):
             raise InputError("tls-groups", f"{groups!r} is not a list of key exchange groups OpenSSL knows "
                                            "(e.g. X25519:P-256, X25519MLKEM768:X25519)")
     trust = None
