@@ -220,11 +220,15 @@ def react(main: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
     """Run ``main(reactor)`` on the global reactor, once, and answer its result.
 
     Like ``twisted.internet.task.react`` but returning instead of exiting, so
-    the command decides the exit code.  The global reactor is imported here,
-    at run time, never at import time.
+    the command decides the exit code.  The global reactor is installed
+    (:mod:`loadgen.lib.reactor`, unless one is already) and imported here, at
+    run time, never at import time.
     """
-    from twisted.internet import reactor
     from twisted.internet.defer import ensureDeferred
+
+    from loadgen.lib.reactor import install
+
+    reactor = install()
 
     outcome: dict[str, Any] = {}
 
