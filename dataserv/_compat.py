@@ -212,6 +212,12 @@ def _tcp_client() -> Any:
     return FileDescriptor(MemoryReactor())  # what tcp.Client's write buffer is, attribute for attribute
 
 
+def _epoll_reactor() -> Any:
+    from twisted.internet.epollreactor import EPollReactor
+
+    return EPollReactor()
+
+
 def _hdr() -> Any:
     from hdrh.histogram import HdrHistogram
 
@@ -242,12 +248,16 @@ PRIVATE_NAMES: list[tuple[str, str, Any]] = [
     ("prometheus_client Counter child", "_value", _counter_child),
     ("hdrh.histogram.HdrHistogram", "_hdr_median_equiv_value", _hdr),
     ("twisted.web.client", "_RetryingHTTP11ClientProtocol", lambda: import_module("twisted.web.client")),
-    # loadgen/lib/_client.py's _EagerClient (a tcp.Client that sends at once when nothing is buffered) reads
-    # these of itself, and makes itself through tcp.Connector's _makeTransport
     # set_tls_groups (SSL_set1_curves_list itself is optional: tls_groups_supported)
     ("OpenSSL._util", "lib", lambda: import_module("OpenSSL._util")),
     ("OpenSSL.SSL.Connection", "_ssl", lambda: import_module("OpenSSL.SSL").Connection(
         import_module("OpenSSL.SSL").Context(import_module("OpenSSL.SSL").TLS_CLIENT_METHOD))),
+    # loadgen/lib/reactor.py's GeneratorReactor (EPollReactor's doPoll less log.callWithLogger) reads these of itself
+    ("twisted.internet.epollreactor.EPollReactor", "_poller", _epoll_reactor),
+    ("twisted.internet.epollreactor.EPollReactor", "_selectables", _epoll_reactor),
+    ("twisted.internet.epollreactor.EPollReactor", "_doReadOrWrite", _epoll_reactor),
+    # loadgen/lib/_client.py's _EagerClient (a tcp.Client that sends at once when nothing is buffered) reads
+    # these of itself, and makes itself through tcp.Connector's _makeTransport
     ("twisted.internet.tcp.Client", "_tempDataLen", _tcp_client),
     ("twisted.internet.tcp.Client", "_writeDisconnected", _tcp_client),
     ("twisted.internet.tcp.Connector", "_makeTransport", lambda: import_module("twisted.internet.tcp").Connector),
