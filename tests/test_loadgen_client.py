@@ -99,16 +99,21 @@ def _outcome(status: int, length: int, failure: Failure | None, kept: bool) -> t
             kept)
 
 
+def _feed(protocol: Any, transport: StringTransport, pieces: list[bytes], close: bool) -> None:
+    """The server's bytes, piece by piece until the client closes; then the server's close if ``close``."""
+    for piece in pieces:
+        if not transport.disconnecting:
+            protocol.dataReceived(piece)
+    if close:
+        protocol.connectionLost(Failure(ConnectionDone()))
+
+
 def ours(method: bytes, persistent: bool, pieces: list[bytes], close: bool) -> tuple[Any, ...]:
     owner, transport, got = Owner(), StringTransport(), []
     conn = Connection(owner)
     conn.makeConnection(transport)
     conn.get(PreparedRequest(b"/", b"h", [], persistent, method), lambda *args: got.append(args))
-    for piece in pieces:
-        if not transport.disconnecting:
-            conn.dataReceived(piece)
-    if close:
-        conn.connectionLost(Failure(ConnectionDone()))
+    _feed(conn, transport, pieces, close)
     assert len(got) == 1, got
     return _outcome(*got[0], kept=owner.idle == 1 and not transport.disconnecting)
 
@@ -133,11 +138,7 @@ def twisteds(method: bytes, persistent: bool, pieces: list[bytes], close: bool) 
     d = protocol.request(TwistedRequest(method, b"/", Headers({b"host": [b"h"]}), None, persistent))
     d.addCallbacks(lambda response: response.deliverBody(Drain(response.code)),
                    lambda failure: got.append((0, 0, failure)))
-    for piece in pieces:
-        if not transport.disconnecting:
-            protocol.dataReceived(piece)
-    if close:
-        protocol.connectionLost(Failure(ConnectionDone()))
+    _feed(protocol, transport, pieces, close)
     assert len(got) == 1, got
     return _outcome(*got[0], kept=len(idle) == 1 and not transport.disconnecting)
 

@@ -140,12 +140,6 @@ class Connection(Protocol):
             self.transport.loseConnection()
             return
         self._got_byte = True
-        if self._state == _LENGTH and not self._buf:  # the body, arriving after the head: count it
-            n = len(data)
-            if n < self._remaining:
-                self._remaining -= n
-                self._length += n
-                return
         self._buf += data
         try:
             self._read()
