@@ -96,8 +96,8 @@ def add_load_options(p: argparse.ArgumentParser) -> None:
     tls.add_argument("--key", metavar="PEM", help="the client certificate's private key")
     tls.add_argument("--tls-groups", metavar="LIST",
                      help="key exchange groups to offer, in OpenSSL's syntax (e.g. X25519:P-256, or "
-                          "X25519MLKEM768:X25519); the first one's key share is sent. Default: OpenSSL's own "
-                          "(post-quantum X25519MLKEM768 and X25519 key shares where OpenSSL has them)")
+                          "X25519MLKEM768:X25519); default: OpenSSL's own (with post-quantum X25519MLKEM768 "
+                          "where OpenSSL has it)")
     p.add_argument("-H", "--header", action="append", default=[], dest="headers", metavar="'K: V'",
                    help="extra request header; repeatable")
     p.add_argument("--max-in-flight", type=int, default=1000,
