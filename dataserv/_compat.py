@@ -252,12 +252,15 @@ PRIVATE_NAMES: list[tuple[str, str, Any]] = [
     ("OpenSSL._util", "lib", lambda: import_module("OpenSSL._util")),
     ("OpenSSL.SSL.Connection", "_ssl", lambda: import_module("OpenSSL.SSL").Connection(
         import_module("OpenSSL.SSL").Context(import_module("OpenSSL.SSL").TLS_CLIENT_METHOD))),
-    # loadgen/lib/reactor.py's GeneratorReactor (EPollReactor's doPoll less log.callWithLogger) reads these of itself
+    # dataserv/reactor.py's ServiceReactor (EPollReactor's doPoll less log.callWithLogger) reads these of itself,
+    # and adopts a listening socket as its own tcp.Port subclass
     ("twisted.internet.epollreactor.EPollReactor", "_poller", _epoll_reactor),
     ("twisted.internet.epollreactor.EPollReactor", "_selectables", _epoll_reactor),
     ("twisted.internet.epollreactor.EPollReactor", "_doReadOrWrite", _epoll_reactor),
-    # loadgen/lib/_client.py's _EagerClient (a tcp.Client that sends at once when nothing is buffered) reads
-    # these of itself, and makes itself through tcp.Connector's _makeTransport
+    ("twisted.internet.tcp.Port", "_fromListeningDescriptor", lambda: import_module("twisted.internet.tcp").Port),
+    # dataserv/reactor.py's EagerWrites (a tcp.Server or, in loadgen/lib/_client.py, a tcp.Client that sends
+    # at once when nothing is buffered) reads these of itself; loadgen's _EagerClient is made through
+    # tcp.Connector's _makeTransport
     ("twisted.internet.tcp.Client", "_tempDataLen", _tcp_client),
     ("twisted.internet.tcp.Client", "_writeDisconnected", _tcp_client),
     ("twisted.internet.tcp.Connector", "_makeTransport", lambda: import_module("twisted.internet.tcp").Connector),

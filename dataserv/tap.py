@@ -431,7 +431,7 @@ class Drainer(Service):
 
 
 def makeService(options: Options) -> IServiceCollection:
-    """twistd entry point: resolve the global reactor here, and only here."""
+    """twistd entry point: resolve the global reactor here, and only here (:mod:`dataserv.entry` chose it)."""
     from twisted.internet import reactor
 
     if options["workers"] > 1:

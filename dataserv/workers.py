@@ -51,6 +51,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from dataserv import _compat, affinity
+from dataserv.reactor import short_name
 
 _log = Logger()
 
@@ -241,7 +242,9 @@ class WorkerSupervisor(Service):
         child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
         listen = [arg for concrete in self.concrete for arg in ("--listen", concrete)]
         options = [arg.replace("{index}", str(index)) for arg in self.argv]  # per-worker file names
-        argv = [TWISTD, "-n", "--pidfile=", "--logfile=-", "dataserv", *options, *listen, "--reuse-port",
+        reactor = short_name(self.reactor)  # the parent's: twistd --reactor epoll dataserv --workers N
+        argv = [TWISTD, "-n", "--pidfile=", "--logfile=-", *(("--reactor", reactor) if reactor else ()),
+                "dataserv", *options, *listen, "--reuse-port",
                 "--worker-index", str(index), "--metrics-dir", self.metrics_dir]
         protocol = _Worker(self, index)
         self.protocols[index] = protocol

@@ -41,11 +41,11 @@ def _alive(pid: int) -> bool:
 class Twistd:
     """A ``twistd -n dataserv`` subprocess on a free loopback port, run from a scratch directory."""
 
-    def __init__(self, tmp_path: Path, *args: str) -> None:
+    def __init__(self, tmp_path: Path, *args: str, twistd_args: tuple[str, ...] = ()) -> None:
         # cwd is a scratch dir, so the plugin and packages come from the install, not the checkout.
         self.log = tmp_path / "twistd.log"
         self.proc = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "--logfile", str(self.log), "dataserv",
+            [TWISTD, "-n", "--pidfile=", "--logfile", str(self.log), *twistd_args, "dataserv",
              "--listen", "tcp:0:interface=127.0.0.1", *args],
             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )

@@ -221,12 +221,12 @@ def react(main: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
 
     Like ``twisted.internet.task.react`` but returning instead of exiting, so
     the command decides the exit code.  The global reactor is installed
-    (:mod:`loadgen.lib.reactor`, unless one is already) and imported here, at
+    (dataserv's, :mod:`dataserv.reactor`, unless one is already) and imported here, at
     run time, never at import time.
     """
     from twisted.internet.defer import ensureDeferred
 
-    from loadgen.lib.reactor import install
+    from dataserv.reactor import install
 
     reactor = install()
 

@@ -40,6 +40,8 @@ from twisted.python.failure import Failure
 from twisted.web.client import RequestNotSent, ResponseFailed, ResponseNeverReceived
 from zope.interface import implementer
 
+from dataserv.reactor import EagerWrites
+
 _BODY_METHODS = (b"POST", b"PUT", b"PATCH")
 # A response head (status line and headers) longer than this is a parse error: nothing the generator
 # tests sends one, and an endless one must not grow the buffer without bound.
@@ -345,28 +347,8 @@ class _TLSFactory(TLSMemoryBIOFactory):
     protocol = TLSMemoryBIOProtocol
 
 
-class _EagerClient(tcp.Client):
-    """Twisted's TCP client transport, less two reactor round trips per request.
-
-    Deliberately not Twisted's own behaviour, on the profile's word: ``write``
-    sends at once when nothing is buffered, as asyncio's transports do, instead
-    of registering for writability and sending on the next reactor turn (an
-    ``epoll_ctl`` to start, a turn, another to stop, per request).  What the
-    socket does not take, or an error, goes to Twisted's buffer and ``doWrite``
-    as before, so a failed send is reported by the reactor as it always was.
-    """
-
-    def write(self, data: bytes) -> None:
-        if (data and not self._tempDataLen and not self.dataBuffer and self.connected
-                and not self.disconnecting and not self._writeDisconnected and type(data) is bytes):
-            try:
-                sent = self.socket.send(data)
-            except OSError:  # EAGAIN, or the connection failing: Twisted's doWrite sees and reports it
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        super().write(data)
+class _EagerClient(EagerWrites, tcp.Client):
+    """Twisted's TCP client transport, sending at once when nothing is buffered (:class:`dataserv.reactor.EagerWrites`)."""
 
 
 class _EagerConnector(tcp.Connector):
