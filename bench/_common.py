@@ -37,14 +37,16 @@ _PATH = ("import sys, dataserv.dispatch as d; d.VIA_DEFER_TO_THREAD_POOL = {}; "
          "from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()")
 
 
-def dataserv(*args: str, direct: bool | None = None) -> ChildServer:
+def dataserv(*args: str, direct: bool | None = None, reactor: str | None = None) -> ChildServer:
     """``twistd -n dataserv`` on a free loopback port (backlog 1024), its log discarded.
 
     ``direct``: True, threads dispatch calls the pool directly; False, through ``deferToThreadPool``;
-    None, the default path.
+    None, the default path.  ``reactor``: twistd's ``--reactor`` (None: dataserv's default).
     """
     port = free_port()
     argv = dataserv_argv(args, listen=[f"tcp:{port}:interface=127.0.0.1:backlog=1024"], logfile="/dev/null")
+    if reactor is not None:
+        argv[1:1] = ["--reactor", reactor]
     if direct is not None:
         argv = [sys.executable, "-c", _PATH.format(not direct), *argv[1:]]
     return server(argv, port)

@@ -22,7 +22,9 @@ settle between them (its queue empty, no connection but the check's own):
 4. ``keep-alive storm``: the same with 400 kept-alive connections.
 
 A policy may carry more dataserv options after ``+``
-(``--policies park,park+--reactor-nice=10``), reported under that name.
+(``--policies park,park+--reactor-nice=10``), and twistd's ``--reactor`` after
+``@`` (``park@epoll``: Twisted's own epoll reactor instead of dataserv's),
+reported under that name.
 
 Layouts: ``unpinned`` (pool 2, server and client on any CPU) and ``pinned``
 (pool 1 on CPU 1, ``--reactor-cpus 0``, loadgen under ``taskset -c 0``:
@@ -233,9 +235,11 @@ def find_knee(server: ChildServer, prefix: list[str], pool: int, args: argparse.
 def one_server(layout: str, policy: str, args: argparse.Namespace) -> dict:
     options, prefix, pool = LAYOUTS[layout]
     name, *extra = policy.split("+")  # park+--reactor-nice=10: a policy with more dataserv options
+    name, _, reactor = name.partition("@")  # park@epoll: under twistd --reactor epoll
     with dataserv("--dispatch", "threads", "--work-ms", f"{args.work_ms:g}", "--work-iterations",
                   str(args.work_iterations), "--max-queue", str(MAX_QUEUE), "--queue-timeout-ms",
-                  f"{QUEUE_TIMEOUT_MS:g}", "--overload-policy", name, *options, *extra) as server:
+                  f"{QUEUE_TIMEOUT_MS:g}", "--overload-policy", name, *options, *extra,
+                  reactor=reactor or None) as server:
         knee = find_knee(server, prefix, pool, args)
         rows = {load: run_load(server, prefix, load, knee["rps"], args) for load in LOADS}
     knee_goodput = knee["rps"] if knee["found"] is not None else rows["open 1x"]["goodput"]

@@ -1,7 +1,8 @@
 """The event loop's CPU per request, from the loop thread's own CPU clock: dataserv against its peers.
 
     python bench/reactor_cost_bench.py [--runs 3] [--seconds 5] [--rate 2000] [--work-rate 200]
-                                       [--work-ms 4] [--peers twisted-web,...] [--json out.json]
+                                       [--work-ms 4] [--peers twisted-web,...]
+                                       [--dataserv dataserv,dataserv@epoll] [--json out.json]
 
 Issue 12, item 5.  For ``/healthz``, ``/data`` with no work (dataserv's
 ``?work_ms=0``; the peers started with ``--iterations 0``, so the request
@@ -14,7 +15,10 @@ asyncio loop: twistd, aiohttp's ``run_app`` and uvicorn all run their loop
 there), read from ``/proc/PID/task/PID/schedstat`` (nanoseconds on a CPU)
 before and after the measured run, over the requests loadgen sent.  For
 dataserv, ``dataserv_thread_cpu_seconds_total{role="reactor"}`` is read too, as
-a cross-check of its own metric.
+a cross-check of its own metric.  dataserv runs on its own reactor
+(``dataserv/reactor.py``) and, as ``dataserv@epoll``, on Twisted's
+(``twistd --reactor epoll``), the reactor the peers' twisted.web runs on, so
+the reactor's share and the rest of dataserv's path show apart.
 
 Pinned as in the remote-core benchmarks: every loop on CPU 0, every work pool
 (one thread) on CPU 1, loadgen on CPU 1 (it then competes with the work, not
@@ -76,6 +80,9 @@ def main() -> None:
     parser.add_argument("--work-rate", type=float, default=200.0, help="requests/s for /data with --work-ms")
     parser.add_argument("--work-ms", type=float, default=4.0)
     parser.add_argument("--peers", help="comma-separated peer names to measure (default: every installed peer)")
+    parser.add_argument("--dataserv", default="dataserv,dataserv@epoll",
+                        help="dataserv servers to measure: dataserv (its own reactor) and dataserv@R (twistd "
+                             "--reactor R); default dataserv,dataserv@epoll")
     parser.add_argument("--json")
     args = parser.parse_args()
     if len(os.sched_getaffinity(0)) < 2:
@@ -100,34 +107,46 @@ def main() -> None:
             if own_metric:  # the metric's scrape is itself one request, outside the loop's measured delta
                 add(f"{name} {endpoint} (its metric)", (reactor_metric(own_metric) - metric_before) / requests)
 
+    variants = {name: (None if name == "dataserv" else name.partition("@")[2])
+                for name in args.dataserv.split(",")}
+    dataserv_endpoints = {"/healthz": ("/healthz", args.rate), "/data work 0": ("/data?work_ms=0", args.rate),
+                          "/data": ("/data", args.work_rate)}
+    options = ("--dispatch", "threads", "--pool-size", "1", "--work-ms", str(args.work_ms),
+               "--reactor-cpus", LOOP_CPU, "--pool-cpus", POOL_CPU)
+    iterations = 0
     for run in range(args.runs):
         print(f"run {run + 1}/{args.runs}", flush=True)
-        with dataserv("--dispatch", "threads", "--pool-size", "1", "--work-ms", str(args.work_ms),
-                      "--reactor-cpus", LOOP_CPU, "--pool-cpus", POOL_CPU) as ds:
-            iterations = int(metric(ds, "dataserv_work_iterations"))
-            order = ["dataserv", *peers]
-            for name in order if run % 2 == 0 else reversed(order):
-                if name == "dataserv":
-                    endpoints = {"/healthz": ("/healthz", args.rate), "/data work 0": ("/data?work_ms=0", args.rate),
-                                 "/data": ("/data", args.work_rate)}
-                    measure(name, ds.proc.pid, ds.url(""), endpoints, own_metric=ds)
-                    continue
-                for work_name, count, path, rate in (("/healthz", 0, "/healthz", args.rate),
-                                                     ("/data work 0", 0, "/data", args.rate),
-                                                     ("/data", iterations, "/data", args.work_rate)):
-                    port = free_port()
-                    argv = peers[name].argv(port, iterations=count, pool_size=1, loop_cpus=LOOP_CPU,
-                                            pool_cpus=POOL_CPU)
-                    with server(argv, port) as peer:
-                        measure(name, peer.proc.pid, peer.url(""), {work_name: (path, rate)})
+        order = [*variants, *peers]
+        for name in order if run % 2 == 0 else reversed(order):
+            if name in variants:
+                # every dataserv does the iteration count the first one calibrated
+                extra = ("--work-iterations", str(iterations)) if iterations else ()
+                with dataserv(*options, *extra, reactor=variants[name]) as ds:
+                    iterations = iterations or int(metric(ds, "dataserv_work_iterations"))
+                    measure(name, ds.proc.pid, ds.url(""), dataserv_endpoints, own_metric=ds)
+                continue
+            if not iterations:
+                with dataserv(*options) as ds:
+                    iterations = int(metric(ds, "dataserv_work_iterations"))
+            for work_name, count, path, rate in (("/healthz", 0, "/healthz", args.rate),
+                                                 ("/data work 0", 0, "/data", args.rate),
+                                                 ("/data", iterations, "/data", args.work_rate)):
+                port = free_port()
+                argv = peers[name].argv(port, iterations=count, pool_size=1, loop_cpus=LOOP_CPU,
+                                        pool_cpus=POOL_CPU)
+                with server(argv, port) as peer:
+                    measure(name, peer.proc.pid, peer.url(""), {work_name: (path, rate)})
     med = {name: median(values) for name, values in samples.items()}
     ratios = {}
     for endpoint in ("/healthz", "/data work 0", "/data"):
-        for name in peers:
-            ratios[f"dataserv / {name} {endpoint}"] = median_ratio(samples[f"dataserv {endpoint}"],
-                                                                   samples[f"{name} {endpoint}"])
-        ratios[f"dataserv {endpoint}: its metric / schedstat"] = median_ratio(
-            samples[f"dataserv {endpoint} (its metric)"], samples[f"dataserv {endpoint}"])
+        for variant in variants:
+            for name in [*(v for v in variants if v != variant), *peers]:
+                if variant != "dataserv" and name in variants:
+                    continue  # each variant against the default reactor once
+                ratios[f"{variant} / {name} {endpoint}"] = median_ratio(samples[f"{variant} {endpoint}"],
+                                                                        samples[f"{name} {endpoint}"])
+            ratios[f"{variant} {endpoint}: its metric / schedstat"] = median_ratio(
+                samples[f"{variant} {endpoint} (its metric)"], samples[f"{variant} {endpoint}"])
     print("\nmedians (loop CPU per request):")
     for name, value in med.items():
         spread = max(samples[name]) / min(samples[name]) - 1 if min(samples[name]) > 0 else float("nan")
