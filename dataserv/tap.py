@@ -43,7 +43,9 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Serve GET /data (CPU-bound work, calibrated to --work-ms) dispatched inline, "
-        "to a thread pool or to a process pool, with Prometheus metrics on /metrics."
+        "to a thread pool or to a process pool, with Prometheus metrics on /metrics. "
+        "Runs on dataserv's reactor (epoll, sending at once) unless twistd's --reactor, "
+        "given before 'dataserv', names another."
     )
     optParameters = [
         ["config", "c", None, "INI file with a [dataserv] section; keys are long option names."],

@@ -65,6 +65,15 @@ def test_twistd_lists_the_reactor() -> None:
     assert re.search(r"^\s+dataserv\s+epoll, sending at once", done.stdout, re.M), done.stdout
 
 
+def test_help_and_tap_cfg_say_how_to_pick_another_reactor() -> None:
+    done = subprocess.run([str(Path(sys.executable).with_name("twistd")), "dataserv", "--help"],
+                          capture_output=True, text=True, timeout=60, cwd="/")
+    text = " ".join(done.stdout.split())
+    assert "Runs on dataserv's reactor (epoll, sending at once) unless twistd's --reactor" in text, text
+    cfg = (Path(__file__).resolve().parent.parent / "tap.cfg").read_text()
+    assert "`twistd -n --reactor epoll\n# dataserv ...`" in cfg
+
+
 def test_a_loadgen_command_runs_on_dataservs_reactor() -> None:
     out = _python("""
         from loadgen.commands._common import react
