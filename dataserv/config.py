@@ -123,6 +123,10 @@ OPTIONS: dict[str, tuple[str | None, Callable[[str, str], Any], str]] = {
                      "With --overload-policy pause: a pause lasts at most this long, then what waited in the "
                      "kernel is accepted (503 at once if it waited past --queue-timeout-ms, else parked) and the "
                      "next full queue pauses again; 0 = until --queue-low-water."),
+    "park-timeout-ms": (None, _non_negative_float,
+                        "With --overload-policy park: how long a /data request past the queue is held before "
+                        "its 503 (default: --queue-timeout-ms). Longer: a client that retries at once comes "
+                        "back less often, but hears no later and holds a connection longer."),
     "max-connections": ("10000", _positive_int,
                         "Open connections at which the server stops accepting until one closes."),
     "idle-timeout": ("15", _non_negative_float, "Seconds before an idle keep-alive connection is closed."),
@@ -203,6 +207,13 @@ def resolve(cli: Mapping[str, Any], listen: list[str], file_values: Mapping[str,
     low_water, max_queue = resolved["queue-low-water"], resolved["max-queue"]
     if resolved["overload-policy"] == "pause" and not max_queue:
         raise ConfigError("--overload-policy pause needs a --max-queue above 0 (the mark at which it pauses)")
+    park_timeout = resolved.get("park-timeout-ms")
+    if park_timeout is not None and resolved["overload-policy"] != "park":
+        raise ConfigError(f"--park-timeout-ms is for --overload-policy park, not {resolved['overload-policy']}")
+    if park_timeout is not None and not park_timeout > 0:
+        raise ConfigError(f"--park-timeout-ms must be above 0, got {park_timeout:g}")
+    if park_timeout is not None and not max_queue:
+        raise ConfigError(f"--park-timeout-ms {park_timeout:g} needs a --max-queue above 0 (0 = unbounded)")
     if low_water is not None and not max_queue:
         raise ConfigError(f"--queue-low-water {low_water} needs a --max-queue above 0 (0 = unbounded)")
     if low_water is not None and not low_water < max_queue:

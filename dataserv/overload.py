@@ -297,6 +297,13 @@ class QueueDeadline:
     storm costs the reactor one accept, parse and 503 per client per
     ``timeout``, not as many as the clients can send.
 
+    ``serve_within`` (``--queue-timeout-ms`` where ``--park-timeout-ms`` sets
+    ``timeout`` apart from it): a parked request older than that could not run
+    any more (the queue's timeout counts from arrival too), so it is not handed
+    a place; it waits out ``timeout`` and is answered 503 then.  A longer
+    ``timeout`` only holds that 503 back, so that a client retrying at once
+    comes back less often.
+
     Parked requests' connections read nothing more meanwhile (twisted.web reads
     a connection's next request only after answering this one), so at most one
     is parked per open connection: ``--max-connections`` bounds them.  The
@@ -305,12 +312,14 @@ class QueueDeadline:
     ``tick`` after its deadline, never before it.
     """
 
-    def __init__(self, high: int, clock: IReactorTime, full: Callable[[], bool], timeout: float) -> None:
+    def __init__(self, high: int, clock: IReactorTime, full: Callable[[], bool], timeout: float,
+                 serve_within: float | None = None) -> None:
         if high <= 0 or timeout <= 0:
             raise ValueError(f"need a queue size and a timeout above 0, got {high} and {timeout}")
         self.high = high
         self.clock = clock
         self.timeout = timeout
+        self.serve_within = timeout if serve_within is None else min(serve_within, timeout)
         self.tick = min(timeout / 10, 0.010)
         self.parked: deque[Parked] = deque()
         self._queue_full = full
@@ -324,8 +333,12 @@ class QueueDeadline:
             self.clock.callLater(0, self._replay)
 
     def full(self) -> bool:
-        """Whether a ``/data`` request arriving now must park: the queue is full, or others are parked."""
-        return bool(self.parked) or self._queue_full()
+        """Whether a ``/data`` request arriving now must park: the queue is full, or others that can still
+        run are parked (the newest of them arrived within ``serve_within``)."""
+        parked = self.parked
+        if parked and parked[-1].received > self.clock.seconds() - self.serve_within:
+            return True
+        return self._queue_full()
 
     def park(self, request: Parked) -> None:
         self.parked.append(request)
@@ -351,7 +364,10 @@ class QueueDeadline:
 
     def _replay(self) -> None:
         try:
+            oldest_servable = self.clock.seconds() - self.serve_within
             while self.parked and not self._queue_full():
+                if self.parked[-1].received <= oldest_servable:
+                    break  # the newest is too old to run, so are the rest: they wait for their 503
                 request = self.parked.pop()  # the newest
                 if not request.gone:
                     request.unpark()  # submits its work, and so calls self(depth)

@@ -238,10 +238,14 @@ def build(options: Any, reactor: IReactorCore, registry: CollectorRegistry | Non
             site.gate, high, high // 2 if low is None else low, reactor, dispatcher.full, dispatcher.queue_timeout,
             options["max-pause-ms"] / 1000.0)
         app.queue_full = site.parking.full
-    elif options["overload-policy"] == "park" and dispatcher.max_queue and dispatcher.queue_timeout:
-        # Without a queue timeout a parked request would have no deadline: park then answers 503 at once.
-        site.parking = dispatcher.on_depth = QueueDeadline(dispatcher.max_queue, reactor, dispatcher.full,
-                                                           dispatcher.queue_timeout)
+    elif options["overload-policy"] == "park" and dispatcher.max_queue and (
+            options.get("park-timeout-ms") or dispatcher.queue_timeout):
+        # Without a deadline (no queue timeout, no park timeout) park answers 503 at once.
+        park_timeout = options.get("park-timeout-ms")
+        site.parking = dispatcher.on_depth = QueueDeadline(
+            dispatcher.max_queue, reactor, dispatcher.full,
+            park_timeout / 1000.0 if park_timeout else dispatcher.queue_timeout,
+            serve_within=dispatcher.queue_timeout or None)
         app.queue_full = site.parking.full
 
     root = OrderedMultiService()

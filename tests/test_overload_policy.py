@@ -243,9 +243,10 @@ def test_flush_answers_every_parked_request() -> None:
 class _Deadlines(_Queue):
     """A queue of ``high`` places with a QueueDeadline (--overload-policy park) on it."""
 
-    def __init__(self, high: int, timeout: float) -> None:
+    def __init__(self, high: int, timeout: float, serve_within: float | None = None) -> None:
         super().__init__(high, 0)
-        self.pause = QueueDeadline(high, self.clock, full=lambda: self.depth >= high, timeout=timeout)  # type: ignore[assignment]
+        self.pause = QueueDeadline(high, self.clock, full=lambda: self.depth >= high, timeout=timeout,  # type: ignore[assignment]
+                                   serve_within=serve_within)
 
 
 def test_park_serves_the_newest_parked_request_first() -> None:
@@ -295,6 +296,31 @@ def test_park_answers_503_at_the_deadline_never_before(timeout: float) -> None:
     assert not q.pause.parked and q.clock.getDelayedCalls() == []
 
 
+def test_a_longer_park_timeout_holds_the_503_of_a_request_too_old_to_run() -> None:
+    """park with --park-timeout-ms 1000 over --queue-timeout-ms 300: a place that frees once a parked request
+    is older than 300 ms goes to no parked request (it could not run any more) but to the next arrival, which
+    does not park behind it; the old one is answered 503 at 1 s (plus a tick), not before; one parked within
+    300 ms still takes a place."""
+    q = _Deadlines(high=1, timeout=1.0, serve_within=0.3)
+    q.submit()
+    old = _Request("old", 0.0, q)
+    q.pause.park(old)
+    q.clock.advance(0.2)
+    young = _Request("young", 0.2, q)
+    q.pause.park(young)
+    q.complete()  # at 0.2 s: "young" (the newest, within 300 ms) takes the place
+    assert q.answers == [("young", "run")]
+    q.clock.advance(0.2)
+    q.complete()  # at 0.4 s "old" has waited 400 ms: it stays parked
+    assert q.answers == [("young", "run")] and list(q.pause.parked) == [old]
+    assert not q.pause.full()  # an arrival now takes the free place instead of parking behind "old"
+    q.clock.advance(0.6 - 1e-6)
+    assert q.answers == [("young", "run")]
+    q.clock.advance(0.010 + 2e-6)
+    assert q.answers == [("young", "run"), ("old", "queue_timeout")]
+    assert not q.pause.parked and q.clock.getDelayedCalls() == []
+
+
 def test_park_leaves_no_timer_once_every_parked_request_ran_and_flush_answers_them_all() -> None:
     """park: the deadline timer goes when the last parked request takes a place; a drain answers every parked
     request still connected at once, and cancels the timer."""
@@ -331,6 +357,8 @@ def test_park_needs_a_queue_and_a_timeout(high: int, timeout: float) -> None:
         (["--overload-policy", "park", "--max-queue", "7", "--queue-timeout-ms", "250"],
          (QueueDeadline, "timeout", (7, 0.25))),
         (["--queue-timeout-ms", "0"], None),  # park with no deadline to park until: 503 at once, as shed
+        (["--queue-timeout-ms", "300", "--park-timeout-ms", "900"], (QueueDeadline, "timeout", (1024, 0.9))),
+        (["--queue-timeout-ms", "0", "--park-timeout-ms", "40"], (QueueDeadline, "timeout", (1024, 0.04))),
         (["--max-queue", "0"], None),  # park: the queue is never full
         (["--dispatch", "inline"], None),
     ],
@@ -338,8 +366,8 @@ def test_park_needs_a_queue_and_a_timeout(high: int, timeout: float) -> None:
 def test_the_service_tree_parks_only_under_pause_and_park(args: list[str], expected: tuple | None) -> None:
     """makeService's tree: under pause the dispatcher reports its depth to a QueuePause with --max-queue as the
     high mark and --queue-low-water (default: half of --max-queue) as the low one; under park (the default)
-    to a QueueDeadline with --max-queue as the mark and --queue-timeout-ms as the deadline, unless there is
-    no queue timeout or no queue limit; the app asks either whether a request must park; under shed, nothing."""
+    to a QueueDeadline with --max-queue as the mark and --park-timeout-ms (default: --queue-timeout-ms) as the
+    deadline, unless there is no deadline or no queue limit; the app asks either whether a request must park; under shed, nothing."""
     options = tap.Options()
     options.parseOptions(["-l", "tcp:0", "--work-ms", "1", "--work-iterations", "10", *args])
     root = tap.build(options, Clock(), CollectorRegistry())
@@ -759,6 +787,37 @@ def test_park_serves_the_newest_and_answers_the_rest_503_at_their_deadline(held_
         assert [a.split(b" ", 2)[1] for a in answers] == [b"200", b"200", b"200"], answers
         assert _value(root, "dataserv_requests_shed_total", reason="queue_full") == 0
         assert _value(root, "dataserv_accept_pauses_total", reason="queue") == 0
+    finally:
+        held_work.release(1000)
+        yield root.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_park_timeout_holds_the_503_past_the_queue_timeout(held_work) -> None:
+    """--overload-policy park, pool 1, --max-queue 1, --queue-timeout-ms 200, --park-timeout-ms 900, the work
+    held (one running, one queued): a parked request is not answered at the queue timeout but about 0.9 s
+    after it arrived, with the documented 503 queue timeout, and the connection then closes; one that finds
+    a place free after its queue timeout passed is not handed it."""
+    root, port = _start("--overload-policy", "park", "--pool-size", "1", "--max-queue", "1",
+                        "--queue-timeout-ms", "200", "--park-timeout-ms", "900")
+    try:
+        first = [threads.deferToThread(_close_get, port) for _ in range(2)]  # one running, one queued
+        assert (yield _until(root, "dataserv_work_queue_depth", 1)) == 1
+        parked = threads.deferToThread(_close_get, port)
+        assert (yield _until(root, "dataserv_connections_accepted_total", 3)) == 3
+        arrived = root.site.clock.seconds()
+        yield _sleep(0.4)  # past the queue timeout, before the park timeout
+        assert not parked.called and _shed_total(root) == 0
+        held_work.release(1)  # a place frees: too late for the parked request to run
+        assert (yield _until(root, "dataserv_requests_total", 1, route="/data", method="GET", code="200")) == 1
+        answer = yield parked
+        waited = root.site.clock.seconds() - arrived
+        assert answer == _expected(b"queue timeout", close=True), answer
+        assert 0.9 - 0.1 <= waited < 0.9 + 0.5, waited
+        assert _value(root, "dataserv_work_queue_depth") == 0  # the freed place stayed free: never handed over
+        held_work.release(100)
+        answers = yield gatherResults(first)  # the queued one waited out its own timeout in the queue
+        assert sorted(a.split(b" ", 2)[1] for a in answers) == [b"200", b"503"], answers
     finally:
         held_work.release(1000)
         yield root.stopService()
