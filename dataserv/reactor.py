@@ -23,10 +23,11 @@ Deliberately not Twisted's own behaviour in two places, on the profiles' word
   endpoints) and ``adoptStreamPort`` (``systemd:``, ``--workers``) make
   these connections.
 
-twistd installs it when ``twistd dataserv`` starts without ``--reactor``
-(:func:`install`, from the plugin's options); ``twistd --reactor epoll
-dataserv`` keeps Twisted's own, and ``--reactor dataserv`` names this one.
-loadgen's commands install it too (:mod:`loadgen.lib.reactor`).
+``twistd dataserv`` installs it unless twistd's ``--reactor`` installed
+another first (:func:`install`, called by :mod:`dataserv.entry`, the
+plugin's module); ``twistd --reactor epoll dataserv`` keeps Twisted's own, and
+``--reactor dataserv`` names this one.  loadgen's commands install it too
+(``loadgen.commands._common.react``).
 """
 
 from __future__ import annotations
