@@ -1,15 +1,24 @@
-"""Shared fixtures: fresh registries, calibrations that need no measuring, an in-memory client."""
+"""Shared fixtures: fresh registries, calibrations that need no measuring, an in-memory client.
+
+The suite runs on the reactor ``twistd dataserv`` runs on (dataserv/reactor.py), installed here before
+anything imports Twisted's (Klein does, as it is imported); pytest-twisted takes it as the epoll reactor
+it would have installed.
+"""
 
 from __future__ import annotations
 
-import pytest
-from prometheus_client import CollectorRegistry
-from treq.testing import StubTreq
+from dataserv.reactor import install
 
-from dataserv.app import DataApp
-from dataserv.metrics import Metrics
-from dataserv.site import DataSite
-from dataserv.work import Calibration
+install()
+
+import pytest  # noqa: E402
+from prometheus_client import CollectorRegistry  # noqa: E402
+from treq.testing import StubTreq  # noqa: E402
+
+from dataserv.app import DataApp  # noqa: E402
+from dataserv.metrics import Metrics  # noqa: E402
+from dataserv.site import DataSite  # noqa: E402
+from dataserv.work import Calibration  # noqa: E402
 
 
 @pytest.fixture

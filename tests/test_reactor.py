@@ -283,3 +283,12 @@ def test_adopted_inet_ports_send_at_once_and_unix_ones_are_twisteds() -> None:
         print(type(reactor.adoptStreamPort(u.fileno(), socket.AF_UNIX, Factory.forProtocol(Answer))) is unix.Port)
     """)
     assert out.split("\n")[:2] == ["EagerPort ('EagerServer', False)", "True"]
+
+
+def test_the_suite_runs_on_dataservs_reactor() -> None:
+    """In-process tests (the fuzz test among them) meet the reactor that twistd dataserv runs on."""
+    from twisted.internet import reactor
+
+    from dataserv.reactor import ServiceReactor
+
+    assert type(reactor) is ServiceReactor
