@@ -69,7 +69,8 @@ def metric(s: ChildServer, name: str) -> float:
 def wrk(url: str, *, seconds: float, connections: int, threads: int = 1, close: bool = False,
         cpus: str | None = None) -> dict:
     """Run wrk (under ``taskset -c cpus`` when given) and return requests/s, non-2xx/socket errors and
-    latency p50/p99 (ms)."""
+    latency p50/p99 (ms); also the responses counted (``requests``), over how many seconds, and the socket
+    errors by kind."""
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", url]
     if close:
         argv[1:1] = ["-H", "Connection: close"]
@@ -80,8 +81,13 @@ def wrk(url: str, *, seconds: float, connections: int, threads: int = 1, close: 
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
+    done = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", out)
     return {
         "rps": rps,
+        "requests": int(done.group(1)),
+        "seconds": float(_ms(done.group(2) + done.group(3)) or 0.0) / 1000.0,
+        "socket_errors_by_kind": dict(zip(("connect", "read", "write", "timeout"), map(int, sock.groups()),
+                                          strict=True)) if sock else {},
         "non2xx": int(non2xx.group(1)) if non2xx else 0,
         "socket_errors": sum(map(int, sock.groups())) if sock else 0,
         "p50_ms": _ms(lat.get("50")),
