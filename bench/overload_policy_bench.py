@@ -82,7 +82,9 @@ from loadgen.lib.outcomes import OUTCOMES, outcome_mix
 
 DEFAULT_POLICY = OPTIONS["overload-policy"][0]
 MAX_QUEUE, QUEUE_TIMEOUT_MS = 32, 300.0
-LOADS = ("open 1x", "open 2x", "open 5x", "retry storm", "keep-alive storm", "retry storm (wrk)")
+WRK_STORM = "retry storm (wrk)"
+STORMS = ("retry storm", WRK_STORM)  # the loads checked against the retry-storm goals
+LOADS = ("open 1x", "open 2x", "open 5x", "retry storm", "keep-alive storm", WRK_STORM)
 LAYOUTS: dict[str, tuple[list[str], list[str], int]] = {
     # name: (dataserv options, the client's command prefix, pool size)
     "unpinned": (["--pool-size", "2"], [], 2),
@@ -240,9 +242,10 @@ def load_options(load: str, knee: float, args: argparse.Namespace) -> list[str]:
 def run_load(server: ChildServer, prefix: list[str], load: str, knee: float, args: argparse.Namespace) -> dict:
     """One load against a settled server: the client's step, the server's view, and the two reconciled."""
     before, _ = settle(server)
+    from_wrk = load == WRK_STORM
     client_before = client_cpu_s()
     with RssSampler(server.proc.pid) as rss:
-        if load == "retry storm (wrk)":
+        if from_wrk:
             step = wrk_step(server, prefix, args)
         else:
             step = loadgen(prefix, "run", server.url("/data"), load_options(load, knee, args))["steps"][0]
@@ -251,7 +254,7 @@ def run_load(server: ChildServer, prefix: list[str], load: str, knee: float, arg
     cpu, pool_cpu = ((value(after, "dataserv_thread_cpu_seconds_total", role=role)
                       - value(before, "dataserv_thread_cpu_seconds_total", role=role)) for role in ("reactor", "pool"))
     reconciliation = (reconcile_abandoned(before, after, step, fetches, args.storm_users)
-                      if load == "retry storm (wrk)" else reconcile(before, after, step, fetches))
+                      if from_wrk else reconcile(before, after, step, fetches))
     served = reconciliation["server_codes"].get("200", 0)
     shed = {reason: value(after, "dataserv_requests_shed_total", reason=reason)
             - value(before, "dataserv_requests_shed_total", reason=reason) for reason in ("queue_full", "queue_timeout")}
@@ -338,7 +341,7 @@ def summarize(samples: dict[str, list[dict]]) -> tuple[dict, dict]:
             [r["loads"]["open 5x"]["goodput"] / r["loads"]["open 1x"]["goodput"] for r in runs])
         ratios[f"{key}: open 5x peak RSS / 1x"] = median(
             [r["loads"]["open 5x"]["rss_peak_mb"] / r["loads"]["open 1x"]["rss_peak_mb"] for r in runs])
-        for storm in ("retry storm", "retry storm (wrk)"):
+        for storm in STORMS:
             # 200s per second of the server's own CPU (reactor and pool threads), over open 1x's: what a
             # storm costs the server itself, whatever else shares the cores (the client, on this machine)
             ratios[f"{key}: {storm} 200s per server CPU second / 1x"] = median(
@@ -355,7 +358,7 @@ def goals(samples: dict[str, list[dict]], ratios: dict[str, float], work_ms: flo
         layout, policy = key.split()
         default = " (the default)" if policy == DEFAULT_POLICY else ""
         if layout == "unpinned":
-            for storm in ("retry storm", "retry storm (wrk)"):
+            for storm in STORMS:
                 v = ratios[f"{key}: {storm} goodput / knee"]
                 out.append({"goal": f"{key}{default}: {storm} goodput / knee >= 0.90", "value": v, "met": v >= 0.90})
                 v = ratios[f"{key}: {storm} 200s per server CPU second / 1x"]
