@@ -112,8 +112,8 @@ OPTIONS: dict[str, tuple[str | None, Callable[[str, str], Any], str]] = {
                          "Work that waited longer than this gets 503 without running; 0 = never."),
     "overload-policy": ("park", _choice(*OVERLOAD_POLICIES),
                         "At --max-queue: park (accept, and hold /data requests past the queue, newest served "
-                        "first, 503 once they have waited --queue-timeout-ms; with no queue timeout, 503 at "
-                        "once), shed (answer new /data requests 503 + Retry-After at once) or pause (stop "
+                        "first within --queue-timeout-ms, 503 once held --park-timeout-ms; with no queue "
+                        "timeout, 503 at once), shed (answer new /data requests 503 + Retry-After at once) or pause (stop "
                         "accepting connections, which wait in the kernel backlog, and park the requests of open "
                         "ones, until --queue-low-water)."),
     "queue-low-water": (None, _non_negative_int,
@@ -125,8 +125,9 @@ OPTIONS: dict[str, tuple[str | None, Callable[[str, str], Any], str]] = {
                      "next full queue pauses again; 0 = until --queue-low-water."),
     "park-timeout-ms": (None, _non_negative_float,
                         "With --overload-policy park: how long a /data request past the queue is held before "
-                        "its 503 (default: --queue-timeout-ms). Longer: a client that retries at once comes "
-                        "back less often, but hears no later and holds a connection longer."),
+                        "its 503 (default: --queue-timeout-ms, but at least the 503's Retry-After, 1000). "
+                        "Longer: a client that retries at once comes back less often, but hears no later and "
+                        "holds a connection longer."),
     "max-connections": ("10000", _positive_int,
                         "Open connections at which the server stops accepting until one closes."),
     "idle-timeout": ("15", _non_negative_float, "Seconds before an idle keep-alive connection is closed."),

@@ -11,8 +11,10 @@
   one pause per crossing, not one per item).  See :class:`QueuePause`.
 * ``park``: accept every connection, and park the ``/data`` requests that find
   ``--max-queue`` items waiting; as the queue frees up, the newest parked
-  request goes first, and one parked for ``--queue-timeout-ms`` is answered 503
-  then.  See :class:`QueueDeadline`.
+  request goes first, and one that did not get a place within
+  ``--queue-timeout-ms`` is answered 503 once it has been held the park timeout
+  (:func:`park_timeout`: the queue timeout, and at least the ``Retry-After``
+  second the 503 asks for).  See :class:`QueueDeadline`.
 
 Parking, not shedding, on open connections, by a short measurement (32
 closed-loop keep-alive ``wrk`` connections, pool 1, 2 ms of work, max-queue 8,
@@ -51,6 +53,31 @@ PAUSE_REASONS = ("queue", "connections")
 
 _VERSIONS = (b"HTTP/1.0", b"HTTP/1.1")
 
+# Every 503's Retry-After, in seconds; under park also the least time a refused request is held.
+RETRY_AFTER_S = 1
+
+
+def park_timeout(queue_timeout: float, explicit: float | None = None) -> float | None:
+    """How long ``park`` holds a request that found no place before its 503, in seconds; None: no parking.
+
+    ``explicit`` (``--park-timeout-ms``) when given.  Otherwise the queue
+    timeout, but never less than the ``Retry-After`` the 503 carries
+    (:data:`RETRY_AFTER_S`): a client that honours it asks again no sooner
+    than that after its answer, and one that retries the moment it has an
+    answer (a retry storm) is held to about that pace as well, instead of
+    one try per queue timeout.  Measured (BENCHMARKS.md, 2026-12-07, "the
+    503 held until its Retry-After"): with ``--queue-timeout-ms 300`` a retry
+    storm from wrk kept 0.94 of the knee's goodput held 1 s, against 0.89
+    answered at 300 ms, with a third of the 503s.  Without a queue timeout
+    (0: never) there is no deadline to park until, and ``park`` answers 503
+    at once, as ``shed`` does.
+    """
+    if explicit:
+        return explicit
+    if not queue_timeout:
+        return None
+    return max(queue_timeout, float(RETRY_AFTER_S))
+
 
 def _build(reason: str, version: bytes, close: bool) -> bytes:
     body = b"overloaded: " + reason.replace("_", " ").encode("ascii") + b"\n"
@@ -58,7 +85,7 @@ def _build(reason: str, version: bytes, close: bool) -> bytes:
         version + b" 503 Service Unavailable",
         b"Content-Type: text/plain; charset=utf-8",
         b"Content-Length: %d" % len(body),
-        b"Retry-After: 1",
+        b"Retry-After: %d" % RETRY_AFTER_S,
     ]
     if close:
         head.append(b"Connection: close")
@@ -280,11 +307,11 @@ class QueueDeadline:
     connection or an open one, is parked instead of answered 503.  Each time
     the queue has a free place (the dispatcher's ``on_depth``), the newest
     parked request takes it; a request parked ``timeout`` seconds
-    (``--queue-timeout-ms``, counted from its arrival like the queue's own
+    (:func:`park_timeout`, counted from its arrival like the queue's own
     timeout) is answered 503 ``queue_timeout`` then, by one timer on the
     oldest's deadline.  Nothing stops accepting: every client has an answer
-    within the queue timeout (plus the work, if it is served), and the kernel
-    never drops a connect for a full accept queue.
+    within ``timeout`` (or the queue timeout and the work, if it is served),
+    and the kernel never drops a connect for a full accept queue.
 
     Why the newest first (Facebook's "adaptive LIFO", with CoDel's bound on
     how long a request may wait): under overload, serving in arrival order
@@ -293,16 +320,16 @@ class QueueDeadline:
     the served ones waited little (the queue itself stays first in, first out
     and short), and only the oldest, which would have waited out the timeout
     anyway, get the 503.  Against shedding at once, a client that retries at
-    once (a closed loop) now retries at most once per timeout, so a retry
+    once (a closed loop) now retries at most once per ``timeout``, so a retry
     storm costs the reactor one accept, parse and 503 per client per
     ``timeout``, not as many as the clients can send.
 
-    ``serve_within`` (``--queue-timeout-ms`` where ``--park-timeout-ms`` sets
-    ``timeout`` apart from it): a parked request older than that could not run
-    any more (the queue's timeout counts from arrival too), so it is not handed
-    a place; it waits out ``timeout`` and is answered 503 then.  A longer
-    ``timeout`` only holds that 503 back, so that a client retrying at once
-    comes back less often.
+    ``serve_within`` (``--queue-timeout-ms``, where ``timeout`` is longer: at
+    least the ``Retry-After`` second by default, or ``--park-timeout-ms``): a
+    parked request older than that could not run any more (the queue's timeout
+    counts from arrival too), so it is not handed a place; it waits out
+    ``timeout`` and is answered 503 then.  A longer ``timeout`` only holds that
+    503 back, so that a client retrying at once comes back less often.
 
     Parked requests' connections read nothing more meanwhile (twisted.web reads
     a connection's next request only after answering this one), so at most one

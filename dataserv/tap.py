@@ -30,7 +30,7 @@ from dataserv.app import DataApp
 from dataserv.cputime import ThreadClocks
 from dataserv.dispatch import make_dispatcher
 from dataserv.metrics import Metrics, ReactorLagProbe
-from dataserv.overload import QueueDeadline, QueuePause
+from dataserv.overload import QueueDeadline, QueuePause, park_timeout
 from dataserv.site import DataSite
 from dataserv.workers import WORKER_ENDPOINTS
 
@@ -238,15 +238,12 @@ def build(options: Any, reactor: IReactorCore, registry: CollectorRegistry | Non
             site.gate, high, high // 2 if low is None else low, reactor, dispatcher.full, dispatcher.queue_timeout,
             options["max-pause-ms"] / 1000.0)
         app.queue_full = site.parking.full
-    elif options["overload-policy"] == "park" and dispatcher.max_queue and (
-            options.get("park-timeout-ms") or dispatcher.queue_timeout):
-        # Without a deadline (no queue timeout, no park timeout) park answers 503 at once.
-        park_timeout = options.get("park-timeout-ms")
-        site.parking = dispatcher.on_depth = QueueDeadline(
-            dispatcher.max_queue, reactor, dispatcher.full,
-            park_timeout / 1000.0 if park_timeout else dispatcher.queue_timeout,
-            serve_within=dispatcher.queue_timeout or None)
-        app.queue_full = site.parking.full
+    elif options["overload-policy"] == "park" and dispatcher.max_queue:
+        hold = park_timeout(dispatcher.queue_timeout, (options.get("park-timeout-ms") or 0) / 1000.0)
+        if hold is not None:  # None: no deadline (no queue timeout, no park timeout), so 503 at once
+            site.parking = dispatcher.on_depth = QueueDeadline(
+                dispatcher.max_queue, reactor, dispatcher.full, hold, serve_within=dispatcher.queue_timeout or None)
+            app.queue_full = site.parking.full
 
     root = OrderedMultiService()
     root.metrics = metrics  # type: ignore[attr-defined]

@@ -339,6 +339,9 @@ def test_park_leaves_no_timer_once_every_parked_request_ran_and_flush_answers_th
     assert q.clock.getDelayedCalls() == []
 
 
+_HELD = ("high", "timeout", "serve_within")  # a QueueDeadline's mark, hold and serving deadline
+
+
 @pytest.mark.parametrize(("high", "timeout"), [(0, 1.0), (4, 0.0)])
 def test_park_needs_a_queue_and_a_timeout(high: int, timeout: float) -> None:
     with pytest.raises(ValueError, match="above 0"):
@@ -349,16 +352,23 @@ def test_park_needs_a_queue_and_a_timeout(high: int, timeout: float) -> None:
     ("args", "expected"),
     [
         (["--overload-policy", "shed"], None),
-        (["--overload-policy", "pause"], (QueuePause, "low", (1024, 512))),
-        (["--overload-policy", "pause", "--max-queue", "9"], (QueuePause, "low", (9, 4))),
-        (["--overload-policy", "pause", "--max-queue", "9", "--queue-low-water", "0"], (QueuePause, "low", (9, 0))),
+        (["--overload-policy", "pause"], (QueuePause, ("high", "low"), (1024, 512))),
+        (["--overload-policy", "pause", "--max-queue", "9"], (QueuePause, ("high", "low"), (9, 4))),
+        (["--overload-policy", "pause", "--max-queue", "9", "--queue-low-water", "0"],
+         (QueuePause, ("high", "low"), (9, 0))),
         (["--overload-policy", "pause", "--dispatch", "inline"], None),  # inline never queues
-        ([], (QueueDeadline, "timeout", (1024, 2.0))),  # park is the default: --max-queue 1024, 2000 ms
+        # park is the default: --max-queue 1024, held the queue timeout (2000 ms), served within it
+        ([], (QueueDeadline, _HELD, (1024, 2.0, 2.0))),
+        # a queue timeout under the Retry-After second: held that second, served within the queue timeout
         (["--overload-policy", "park", "--max-queue", "7", "--queue-timeout-ms", "250"],
-         (QueueDeadline, "timeout", (7, 0.25))),
+         (QueueDeadline, _HELD, (7, 1.0, 0.25))),
+        (["--queue-timeout-ms", "999"], (QueueDeadline, _HELD, (1024, 1.0, 0.999))),
+        (["--queue-timeout-ms", "1500"], (QueueDeadline, _HELD, (1024, 1.5, 1.5))),
         (["--queue-timeout-ms", "0"], None),  # park with no deadline to park until: 503 at once, as shed
-        (["--queue-timeout-ms", "300", "--park-timeout-ms", "900"], (QueueDeadline, "timeout", (1024, 0.9))),
-        (["--queue-timeout-ms", "0", "--park-timeout-ms", "40"], (QueueDeadline, "timeout", (1024, 0.04))),
+        # --park-timeout-ms, shorter or longer than the default, is what it says
+        (["--queue-timeout-ms", "300", "--park-timeout-ms", "900"], (QueueDeadline, _HELD, (1024, 0.9, 0.3))),
+        (["--queue-timeout-ms", "300", "--park-timeout-ms", "300"], (QueueDeadline, _HELD, (1024, 0.3, 0.3))),
+        (["--queue-timeout-ms", "0", "--park-timeout-ms", "40"], (QueueDeadline, _HELD, (1024, 0.04, 0.04))),
         (["--max-queue", "0"], None),  # park: the queue is never full
         (["--dispatch", "inline"], None),
     ],
@@ -366,8 +376,9 @@ def test_park_needs_a_queue_and_a_timeout(high: int, timeout: float) -> None:
 def test_the_service_tree_parks_only_under_pause_and_park(args: list[str], expected: tuple | None) -> None:
     """makeService's tree: under pause the dispatcher reports its depth to a QueuePause with --max-queue as the
     high mark and --queue-low-water (default: half of --max-queue) as the low one; under park (the default)
-    to a QueueDeadline with --max-queue as the mark and --park-timeout-ms (default: --queue-timeout-ms) as the
-    deadline, unless there is no deadline or no queue limit; the app asks either whether a request must park; under shed, nothing."""
+    to a QueueDeadline with --max-queue as the mark, held --park-timeout-ms (default: --queue-timeout-ms, and
+    at least the 503's Retry-After second) and served within --queue-timeout-ms, unless there is no deadline
+    or no queue limit; the app asks either whether a request must park; under shed, nothing."""
     options = tap.Options()
     options.parseOptions(["-l", "tcp:0", "--work-ms", "1", "--work-iterations", "10", *args])
     root = tap.build(options, Clock(), CollectorRegistry())
@@ -375,8 +386,9 @@ def test_the_service_tree_parks_only_under_pause_and_park(args: list[str], expec
     if expected is None:
         assert parking is None and root.site.parking is None
     else:
-        kind, second, values = expected
-        assert isinstance(parking, kind) and (parking.high, getattr(parking, second)) == values
+        kind, names, values = expected
+        assert isinstance(parking, kind)
+        assert tuple(getattr(parking, name) for name in names) == pytest.approx(values)
         assert root.site.parking is parking and root.app.queue_full == parking.full
 
 
@@ -756,9 +768,11 @@ def test_counters_reconcile_after_a_storm(policy: str) -> None:
 def test_park_serves_the_newest_and_answers_the_rest_503_at_their_deadline(held_work) -> None:
     """--overload-policy park, pool 1, --max-queue 1, --queue-timeout-ms 500, the work held (one running, one
     queued): three more connections are accepted (accepting stays 1, nothing waits in the kernel) and their
-    requests parked, not answered; when the running item ends, the newest parked request (the third) takes
-    the free place, and the two older ones are answered the documented 503 queue timeout about 0.5 s after
-    they arrived, not before; once the work is released the queued and the newest are served 200."""
+    requests parked, not answered; when the running item ends, the newest parked request (the third, 0.3 s
+    younger than the others) takes the free place; once the two older ones are past their queue timeout the
+    work is released, and the queued and the newest are served 200 while the older two are still held: they
+    are answered the documented 503 queue timeout about 1 s after they arrived (the default park timeout:
+    the queue timeout, but at least the Retry-After second), not before."""
     root, port = _start("--overload-policy", "park", "--pool-size", "1", "--max-queue", "1",
                         "--queue-timeout-ms", "500")
     endpoint = f"127.0.0.1:{port}"
@@ -766,25 +780,27 @@ def test_park_serves_the_newest_and_answers_the_rest_503_at_their_deadline(held_
         first = [threads.deferToThread(_close_get, port) for _ in range(2)]  # one running, one queued
         assert (yield _until(root, "dataserv_work_queue_depth", 1)) == 1
         parked = []
-        for n in range(3):
+        for n, pause in enumerate((0.05, 0.3, 0.05)):
             parked.append(threads.deferToThread(_close_get, port))
             assert (yield _until(root, "dataserv_connections_accepted_total", 3 + n)) == 3 + n
-            yield _sleep(0.05)
-        arrived = root.site.clock.seconds()
+            if n == 0:
+                arrived = root.site.clock.seconds()  # the oldest parked request's arrival, give or take 20 ms
+            yield _sleep(pause)
         assert _value(root, "dataserv_accepting") == 1
         assert _value(root, "dataserv_listen_backlog", endpoint=endpoint) == 0
         assert not any(d.called for d in parked) and _shed_total(root) == 0
         held_work.release(1)  # the running one ends: the queued one runs, the newest parked is queued
         assert (yield _until(root, "dataserv_requests_total", 1, route="/data", method="GET", code="200")) == 1
-        assert (yield _until(root, "dataserv_requests_shed_total", 2, reason="queue_timeout")) == 2
-        waited = root.site.clock.seconds() - arrived
-        assert 0.5 - 0.2 <= waited < 0.5 + 0.5, waited  # the older two arrived 0.10 and 0.05 s before "arrived"
-        older = yield gatherResults(parked[:2])
-        assert older == [_expected(b"queue timeout", close=True)] * 2, older
-        assert not parked[2].called  # the newest: queued, waiting for the held work
-        held_work.release(100)
+        yield _sleep(max(0.0, arrived + 0.7 - root.site.clock.seconds()))  # the older two: past the queue timeout
+        held_work.release(100)  # the queued one and the newest parked (about 0.3 s old) are served
         answers = yield gatherResults([*first, parked[2]])
         assert [a.split(b" ", 2)[1] for a in answers] == [b"200", b"200", b"200"], answers
+        assert not any(d.called for d in parked[:2]) and _shed_total(root) == 0  # the older two: still held
+        assert (yield _until(root, "dataserv_requests_shed_total", 2, reason="queue_timeout")) == 2
+        waited = root.site.clock.seconds() - arrived
+        assert 1.0 - 0.1 <= waited < 1.0 + 0.5, waited  # the two arrived about 0.07 s apart
+        older = yield gatherResults(parked[:2])
+        assert older == [_expected(b"queue timeout", close=True)] * 2, older
         assert _value(root, "dataserv_requests_shed_total", reason="queue_full") == 0
         assert _value(root, "dataserv_accept_pauses_total", reason="queue") == 0
     finally:
