@@ -21,7 +21,14 @@ from twisted.internet.defer import gatherResults
 from twisted.internet.task import Clock
 
 from dataserv import tap, work
-from dataserv.overload import AcceptGate, QueueDeadline, QueuePause, shed_response
+from dataserv.overload import (
+    RETRY_AFTER_S,
+    AcceptGate,
+    QueueDeadline,
+    QueuePause,
+    park_timeout,
+    shed_response,
+)
 
 
 def _expected(reason: bytes, close: bool, version: bytes = b"HTTP/1.1") -> bytes:
@@ -41,6 +48,25 @@ def _expected(reason: bytes, close: bool, version: bytes = b"HTTP/1.1") -> bytes
 def test_shed_response_is_the_documented_bytes(reason: str, version: bytes, close: bool) -> None:
     """Every reason, version and close/keep-alive: the bytes README documents."""
     assert shed_response(reason, version, close) == _expected(reason.replace("_", " ").encode(), close, version)
+
+
+@pytest.mark.parametrize(("queue_timeout", "explicit", "held"), [
+    (0.3, None, 1.0),  # under the Retry-After second: held that second
+    (0.999, None, 1.0),
+    (1.0, None, 1.0),
+    (2.0, None, 2.0),  # the default queue timeout: held that long, as before
+    (0.3, 0.3, 0.3),  # --park-timeout-ms is what it says, shorter or longer
+    (0.3, 0.6, 0.6),
+    (2.0, 0.5, 0.5),
+    (0.0, 0.04, 0.04),
+    (0.0, None, None),  # no queue timeout, no park timeout: nothing to park until (503 at once)
+])
+def test_park_timeout_is_the_queue_timeout_but_at_least_the_retry_after(queue_timeout: float, explicit: float | None,
+                                                                       held: float | None) -> None:
+    """park's hold: --park-timeout-ms when given, else --queue-timeout-ms but at least the Retry-After every 503
+    carries (1 s: the header in the documented bytes above)."""
+    assert RETRY_AFTER_S == 1 and b"Retry-After: %d\r\n" % RETRY_AFTER_S in shed_response("queue_timeout", b"HTTP/1.1", True)
+    assert park_timeout(queue_timeout, explicit) == held
 
 
 # ---- pure logic: the gate and the queue pause, on fakes ----
