@@ -113,9 +113,9 @@ OPTIONS: dict[str, tuple[str | None, Callable[[str, str], Any], str]] = {
     "overload-policy": ("park", _choice(*OVERLOAD_POLICIES),
                         "At --max-queue: park (accept, and hold /data requests past the queue, newest served "
                         "first within --queue-timeout-ms, 503 once held --park-timeout-ms; with no queue "
-                        "timeout, 503 at once), shed (answer new /data requests 503 + Retry-After at once) or pause (stop "
-                        "accepting connections, which wait in the kernel backlog, and park the requests of open "
-                        "ones, until --queue-low-water)."),
+                        "timeout, 503 at once), shed (answer new /data requests 503 + Retry-After at once) or "
+                        "pause (stop accepting connections, which wait in the kernel backlog, and park the "
+                        "requests of open ones, until --queue-low-water)."),
     "queue-low-water": (None, _non_negative_int,
                         "With --overload-policy pause: resume accepting once this many work items or fewer "
                         "wait (default: half of --max-queue); below --max-queue."),

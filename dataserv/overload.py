@@ -67,7 +67,7 @@ def park_timeout(queue_timeout: float, explicit: float | None = None) -> float |
     answer (a retry storm) is held to about that pace as well, instead of
     one try per queue timeout.  Measured (BENCHMARKS.md, 2026-12-07, "the
     503 held until its Retry-After"): with ``--queue-timeout-ms 300`` a retry
-    storm from wrk kept 0.94 of the knee's goodput held 1 s, against 0.89
+    storm from wrk kept 0.94 of the knee's goodput held 1 s, against 0.90
     answered at 300 ms, with a third of the 503s.  Without a queue timeout
     (0: never) there is no deadline to park until, and ``park`` answers 503
     at once, as ``shed`` does.
