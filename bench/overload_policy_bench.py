@@ -23,8 +23,8 @@ settle between them (its queue empty, no connection but the check's own):
 5. ``retry storm (wrk)``: the retry storm again with wrk, the independent
    client (``wrk -t1 -c400 -H 'Connection: close'``: a new connection per
    request, the next one sent the moment a response ends).  On 2 cores the
-   client's CPU comes out of the pool's: loadgen's retry storm takes about a
-   quarter of a core, wrk's a twentieth, so this is the storm's cost to the
+   client's CPU comes out of the pool's: loadgen's retry storm takes a fifth
+   to a quarter of a core, wrk's a twentieth, so this is the storm's cost to the
    server with less of the client's mixed in.  wrk reports no latency by
    status code (no admitted p99 for this load) and abandons what is in flight
    when its time is up, so the server's counts may exceed wrk's by up to

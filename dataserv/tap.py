@@ -239,7 +239,8 @@ def build(options: Any, reactor: IReactorCore, registry: CollectorRegistry | Non
             options["max-pause-ms"] / 1000.0)
         app.queue_full = site.parking.full
     elif options["overload-policy"] == "park" and dispatcher.max_queue:
-        hold = park_timeout(dispatcher.queue_timeout, (options.get("park-timeout-ms") or 0) / 1000.0)
+        park_ms = options.get("park-timeout-ms")
+        hold = park_timeout(dispatcher.queue_timeout, park_ms / 1000.0 if park_ms else None)
         if hold is not None:  # None: no deadline (no queue timeout, no park timeout), so 503 at once
             site.parking = dispatcher.on_depth = QueueDeadline(
                 dispatcher.max_queue, reactor, dispatcher.full, hold, serve_within=dispatcher.queue_timeout or None)
